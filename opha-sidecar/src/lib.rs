@@ -1,0 +1,4 @@
+//! opha's userspace sidecar.
+
+pub mod dump;
+pub mod loader;

@@ -1,0 +1,229 @@
+//! `opha-sidecar`: the command.
+
+use std::{
+    process::ExitCode,
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use clap::{Args, Parser, Subcommand};
+use opha_common::ports::{
+    DEFAULT_SNMP_PORT, DEFAULT_SYSLOG_PORT, DEFAULT_TRAP_PORT, PortConfig, SNAP_LEN,
+};
+use opha_sidecar::{
+    dump,
+    loader::{self, DataPlane, LoaderConfig, MonitoredPrefix},
+};
+
+#[derive(Parser)]
+#[command(
+    name = "opha-sidecar",
+    version,
+    about = "eBPF-accelerated poller sidecar"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run on a poller: load and attach the kernel programs on the polling interface.
+    Poller(PollerArgs),
+    /// Inspect or remove an instance's pinned programs and maps.
+    #[command(subcommand)]
+    Dataplane(DataplaneCommand),
+}
+
+#[derive(Args)]
+struct InstanceArgs {
+    /// Instance name: maps and links are pinned under <pin-root>/<instance>/.
+    #[arg(long)]
+    instance: String,
+    /// bpffs directory holding every instance.
+    #[arg(long, default_value = opha_common::PIN_ROOT)]
+    pin_root: std::path::PathBuf,
+}
+
+#[derive(Args)]
+struct PollerArgs {
+    /// The polling interface (TC ingress and egress are attached here).
+    #[arg(long)]
+    interface: String,
+    /// Instance name; defaults to the interface name.
+    #[arg(long)]
+    instance: Option<String>,
+    /// bpffs directory holding every instance.
+    #[arg(long, default_value = opha_common::PIN_ROOT)]
+    pin_root: std::path::PathBuf,
+    /// Monitored prefix, repeatable: [VLAN@]ADDRESS/LEN=TENANT, e.g. 198.18.0.0/15=1.
+    #[arg(long = "prefix")]
+    prefixes: Vec<MonitoredPrefix>,
+    /// SNMP agent port polled by the poller.
+    #[arg(long, default_value_t = DEFAULT_SNMP_PORT)]
+    snmp_port: u16,
+    /// Port traps and informs arrive on.
+    #[arg(long, default_value_t = DEFAULT_TRAP_PORT)]
+    trap_port: u16,
+    /// Port syslog arrives on.
+    #[arg(long, default_value_t = DEFAULT_SYSLOG_PORT)]
+    syslog_port: u16,
+    /// TCP service-check port, repeatable.
+    #[arg(long = "tcp-port")]
+    tcp_ports: Vec<u16>,
+    /// Bytes of trap and syslog payload copied to the ring buffer (1-512).
+    #[arg(long, default_value_t = SNAP_LEN as u32)]
+    snap_len: u32,
+    /// Most nodes the kernel counts; more are counted as node_map_full.
+    #[arg(long, default_value_t = 16384)]
+    max_nodes: u32,
+    /// Most requests in flight; older ones are evicted (counted).
+    #[arg(long, default_value_t = 65536)]
+    max_inflight: u32,
+    /// Print the counters every --interval seconds.
+    #[arg(long)]
+    dump: bool,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Seconds between dumps.
+    #[arg(long, default_value_t = 10)]
+    interval: u64,
+    /// Exit after this many dumps (0: run until SIGINT/SIGTERM).
+    #[arg(long, default_value_t = 0)]
+    count: u64,
+    /// Detach the programs and remove the pinned maps on exit. Without it they stay, so a
+    /// restarted sidecar carries on where this one stopped.
+    #[arg(long)]
+    detach_on_exit: bool,
+}
+
+#[derive(Subcommand)]
+enum DataplaneCommand {
+    /// Print an instance's counters from its pinned maps (loads nothing new if they exist).
+    Dump {
+        #[command(flatten)]
+        instance: InstanceArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Detach an instance's programs and remove its pinned maps.
+    Detach {
+        #[command(flatten)]
+        instance: InstanceArgs,
+        /// Keep the pinned maps (counters) and only detach the programs.
+        #[arg(long)]
+        keep_maps: bool,
+    },
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Poller(args) => run_poller(args),
+        Command::Dataplane(DataplaneCommand::Dump { instance, json }) => {
+            dump_instance(&instance, json)
+        }
+        Command::Dataplane(DataplaneCommand::Detach {
+            instance,
+            keep_maps,
+        }) => loader::detach(&loader_config(&instance), keep_maps).map_err(Into::into),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("opha-sidecar: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn loader_config(i: &InstanceArgs) -> LoaderConfig {
+    let mut cfg = LoaderConfig::new(&i.instance);
+    cfg.pin_root = i.pin_root.clone();
+    cfg
+}
+
+fn dump_instance(i: &InstanceArgs, json: bool) -> anyhow::Result<()> {
+    if !loader_config(i).pin_dir().exists() {
+        anyhow::bail!(
+            "instance {:?} has no pinned maps under {}",
+            i.instance,
+            i.pin_root.display()
+        );
+    }
+    let dp = DataPlane::load(&loader_config(i))?;
+    print_dump(&dp, json)
+}
+
+fn print_dump(dp: &DataPlane, json: bool) -> anyhow::Result<()> {
+    let nodes = dp.nodes()?;
+    let stats = dp.stats(0)?;
+    if json {
+        println!("{}", dump::render_json(&nodes, &stats));
+    } else {
+        print!("{}", dump::render_text(&nodes, &stats));
+    }
+    Ok(())
+}
+
+fn run_poller(args: PollerArgs) -> anyhow::Result<()> {
+    let instance = args
+        .instance
+        .clone()
+        .unwrap_or_else(|| args.interface.clone());
+    let mut cfg = LoaderConfig::new(&instance);
+    cfg.pin_root = args.pin_root.clone();
+    cfg.max_nodes = args.max_nodes;
+    cfg.max_inflight = args.max_inflight;
+    let mut dp = DataPlane::load(&cfg)?;
+    dp.set_prefixes(&args.prefixes)?;
+    dp.set_tcp_ports(&args.tcp_ports)?;
+    dp.set_ports(PortConfig {
+        snmp_port: args.snmp_port,
+        trap_port: args.trap_port,
+        syslog_port: args.syslog_port,
+        snap_len: args.snap_len,
+        ..PortConfig::default()
+    })?;
+    dp.attach(&args.interface)?;
+    log::info!(
+        "attached to {} as instance {instance} ({} prefixes, maps in {})",
+        args.interface,
+        args.prefixes.len(),
+        dp.pin_dir().display()
+    );
+    // SAFETY: the handler only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+    let mut dumps = 0u64;
+    let mut next = Instant::now() + Duration::from_secs(args.interval);
+    while !STOP.load(Ordering::SeqCst) {
+        if Instant::now() >= next {
+            if args.dump {
+                print_dump(&dp, args.json)?;
+            }
+            dumps += 1;
+            if args.count != 0 && dumps >= args.count {
+                break;
+            }
+            next += Duration::from_secs(args.interval);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if args.detach_on_exit {
+        drop(dp);
+        loader::detach(&cfg, false)?;
+        log::info!("detached instance {instance}");
+    }
+    Ok(())
+}
