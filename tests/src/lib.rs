@@ -1,1 +1,7 @@
-//! Test harness shared by the integration tests.
+//! Test harness shared by the integration tests, the lab and the benchmarks: packet builders,
+//! network namespaces, pinned-instance guards and the root check.
+
+pub mod netns;
+pub mod packets;
+pub mod pins;
+pub mod privilege;

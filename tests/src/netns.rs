@@ -1,0 +1,1 @@
+//! Network namespaces, veth pairs and real device daemons for integration tests (being written).

@@ -1,0 +1,1 @@
+//! Packet builders for BPF_PROG_TEST_RUN and raw sockets (being written).
