@@ -16,6 +16,7 @@ pub enum InflightKind {
     TcpSyn = 3,
 }
 
+/// 32 bytes, 8-byte aligned (through NodeKey), no implicit padding.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct InflightKey {

@@ -32,3 +32,12 @@ macro_rules! impl_pod {
         )+
     };
 }
+
+// Layouts the kernel and userspace must agree on, checked at compile time.
+const _: () = {
+    assert!(core::mem::size_of::<node::NodeKey>() == 24);
+    assert!(core::mem::size_of::<inflight::InflightKey>() == 32);
+    assert!(core::mem::size_of::<node::NodeCounters>() == 3 * 176 + 16);
+    assert!(core::mem::size_of::<ports::PortConfig>() == 24);
+    assert!(core::mem::size_of::<prefix::PrefixKeyData>() == 18);
+};

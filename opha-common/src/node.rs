@@ -31,13 +31,17 @@ pub const RTT_BUCKETS: usize = 24;
 /// A monitored node: the device address (IPv4 mapped into IPv6, `::ffff:a.b.c.d`) on a VLAN
 /// (0 when untagged). Two customers with the same private address on different VLANs are
 /// different nodes.
-#[repr(C)]
+///
+/// 8-byte aligned, with the padding spelled out: the kernel programs then copy keys in words
+/// rather than byte by byte, and no uninitialised padding byte can reach the map's hash.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NodeKey {
     /// Network byte order.
     pub addr: [u8; 16],
     pub vlan: u16,
     pub _pad: u16,
+    pub _pad2: u32,
 }
 
 impl NodeKey {
@@ -46,6 +50,7 @@ impl NodeKey {
             addr,
             vlan,
             _pad: 0,
+            _pad2: 0,
         }
     }
 
@@ -87,7 +92,7 @@ pub struct ClassCounters {
     pub rtt_count: u64,
     /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the last response, 0 if none.
     pub last_response_ns: u64,
-    /// Log2 histogram of RTTs (see `RTT_BUCKETS`). u32 per CPU keeps a node at 536 bytes per CPU.
+    /// Log2 histogram of RTTs (see `RTT_BUCKETS`). u32 per CPU keeps a node at 544 bytes per CPU.
     pub rtt_hist: [u32; RTT_BUCKETS],
 }
 
@@ -100,6 +105,9 @@ pub struct NodeCounters {
     pub tenant: u32,
     /// Flags of that prefix.
     pub prefix_flags: u32,
+    /// `PortConfig::prefix_gen` when `tenant` was looked up (per CPU).
+    pub prefix_gen: u32,
+    pub _pad: u32,
 }
 
 impl NodeCounters {
@@ -132,9 +140,10 @@ impl NodeCounters {
         }
         // Tenant and flags are the same on every CPU unless the prefix map changed in between;
         // the non-zero one wins so that a CPU which never saw the node does not hide it.
-        if other.tenant != 0 {
+        if other.tenant != 0 && other.prefix_gen >= self.prefix_gen {
             self.tenant = other.tenant;
             self.prefix_flags = other.prefix_flags;
+            self.prefix_gen = other.prefix_gen;
         }
     }
 }

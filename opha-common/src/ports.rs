@@ -19,6 +19,11 @@ pub struct PortConfig {
     /// Set by the loader once it has written the configuration; until then the programs count
     /// packets as seen and nothing else.
     pub configured: u32,
+    /// Bumped (never 0 once prefixes are set) each time the monitored prefixes change. Nodes
+    /// cache their tenant with the generation it was looked up in, so a known node skips the
+    /// LPM lookup until the prefixes change.
+    pub prefix_gen: u32,
+    pub _pad2: u32,
 }
 
 impl Default for PortConfig {
@@ -30,6 +35,8 @@ impl Default for PortConfig {
             _pad: 0,
             snap_len: SNAP_LEN as u32,
             configured: 1,
+            prefix_gen: 0,
+            _pad2: 0,
         }
     }
 }

@@ -1,7 +1,10 @@
 //! What both programs do with a packet: parse it, decide whether it is a request to or a
 //! response from a monitored node, count it, and match it for RTT.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
+use aya_ebpf::{
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
+    programs::TcContext,
+};
 use opha_common::{
     inflight::{InflightKey, InflightKind},
     node::{ClassCounters, NodeKey, ProtoClass, rtt_bucket},
@@ -39,6 +42,7 @@ const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
 
+#[inline(always)]
 pub fn classify(ctx: &TcContext, dir: Direction) -> Result<(), ()> {
     count(Stat::PacketsSeen);
     let Some(ports) = config::ports() else {
@@ -96,7 +100,7 @@ fn parse_and_count(
     };
     match l3.proto {
         IPPROTO_UDP => udp(ctx, pkt, dir, ports, &l3, l2.vlan, skb_len),
-        IPPROTO_TCP => tcp(pkt, dir, &l3, l2.vlan, skb_len),
+        IPPROTO_TCP => tcp(pkt, dir, ports, &l3, l2.vlan, skb_len),
         IPPROTO_ICMP => icmp(pkt, dir, ports, &l3, l2.vlan, skb_len, false),
         IPPROTO_ICMPV6 => icmp(pkt, dir, ports, &l3, l2.vlan, skb_len, true),
         _ => Err(Skip::NotPolling),
@@ -114,9 +118,12 @@ fn monitored(node: &NodeKey) -> Option<&'static PrefixValue> {
 }
 
 #[inline(always)]
-fn class_of(node: &NodeKey, class: ProtoClass) -> Option<&'static mut ClassCounters> {
-    let prefix = monitored(node)?;
-    let c = nodes::counters(node, prefix)?;
+fn class_of(
+    node: &NodeKey,
+    class: ProtoClass,
+    ports: &PortConfig,
+) -> Option<&'static mut ClassCounters> {
+    let c = nodes::counters(node, ports.prefix_gen)?;
     let idx = class as usize;
     if idx >= c.classes.len() {
         return None;
@@ -131,25 +138,32 @@ fn request(c: &mut ClassCounters, bytes: u32) {
 }
 
 /// A response from the node: counted as received; RTT only when it matches a request.
+///
+/// The precise clock costs ~30 ns in a VM (TSC read), so it is read only when there is an RTT
+/// to compute; an unmatched response stamps `last_response_ns` with the coarse monotonic clock
+/// (same clock, jiffy resolution), which is all that field needs.
 #[inline(always)]
-fn response(c: &mut ClassCounters, bytes: u32, key: &InflightKey, now: u64) {
+fn response(c: &mut ClassCounters, bytes: u32, key: &InflightKey) {
     c.responses += 1;
     c.bytes_in += bytes as u64;
+    let Some(sent) = inflight::take(key) else {
+        c.last_response_ns = unsafe { bpf_ktime_get_coarse_ns() };
+        return;
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
     c.last_response_ns = now;
-    if let Some(sent) = inflight::take(key) {
-        let rtt = now.saturating_sub(sent);
-        c.rtt_sum_ns += rtt;
-        c.rtt_count += 1;
-        if c.rtt_min_ns == 0 || rtt < c.rtt_min_ns {
-            c.rtt_min_ns = rtt;
-        }
-        if rtt > c.rtt_max_ns {
-            c.rtt_max_ns = rtt;
-        }
-        let b = rtt_bucket(rtt);
-        if b < c.rtt_hist.len() {
-            c.rtt_hist[b] += 1;
-        }
+    let rtt = now.saturating_sub(sent);
+    c.rtt_sum_ns += rtt;
+    c.rtt_count += 1;
+    if c.rtt_min_ns == 0 || rtt < c.rtt_min_ns {
+        c.rtt_min_ns = rtt;
+    }
+    if rtt > c.rtt_max_ns {
+        c.rtt_max_ns = rtt;
+    }
+    let b = rtt_bucket(rtt);
+    if b < c.rtt_hist.len() {
+        c.rtt_hist[b] += 1;
     }
 }
 
@@ -175,7 +189,7 @@ fn udp(
     let payload_end = off + ulen;
     match dir {
         Direction::Egress if dport == ports.snmp_port => {
-            let h = snmp::parse(ctx, payload, payload_end).ok_or(Skip::Malformed)?;
+            let h = snmp::parse(pkt, payload, payload_end).ok_or(Skip::Malformed)?;
             match h.pdu {
                 snmp::PDU_GET
                 | snmp::PDU_GETNEXT
@@ -184,25 +198,24 @@ fn udp(
                 | snmp::PDU_ENCRYPTED => {}
                 _ => return Err(Skip::NotPolling),
             }
-            let node = NodeKey::new(l3.dst, vlan);
-            let c = class_of(&node, ProtoClass::Snmp).ok_or(Skip::Counted)?;
+            let node = NodeKey::new(l3.dst.0, vlan);
+            let c = class_of(&node, ProtoClass::Snmp, ports).ok_or(Skip::Counted)?;
             request(c, skb_len);
             inflight::insert(&snmp_key(&node, &h, sport), unsafe { bpf_ktime_get_ns() });
             Ok(())
         }
         Direction::Ingress if sport == ports.snmp_port => {
-            let h = snmp::parse(ctx, payload, payload_end).ok_or(Skip::Malformed)?;
+            let h = snmp::parse(pkt, payload, payload_end).ok_or(Skip::Malformed)?;
             match h.pdu {
                 snmp::PDU_RESPONSE | snmp::PDU_REPORT | snmp::PDU_ENCRYPTED => {}
                 _ => return Err(Skip::NotPolling),
             }
-            let node = NodeKey::new(l3.src, vlan);
-            let c = class_of(&node, ProtoClass::Snmp).ok_or(Skip::Counted)?;
+            let node = NodeKey::new(l3.src.0, vlan);
+            let c = class_of(&node, ProtoClass::Snmp, ports).ok_or(Skip::Counted)?;
             if h.pdu == snmp::PDU_RESPONSE && h.error_status != 0 {
                 c.errors += 1;
             }
-            let now = unsafe { bpf_ktime_get_ns() };
-            response(c, skb_len, &snmp_key(&node, &h, dport), now);
+            response(c, skb_len, &snmp_key(&node, &h, dport));
             Ok(())
         }
         Direction::Ingress if dport == ports.trap_port || dport == ports.syslog_port => {
@@ -211,7 +224,7 @@ fn udp(
             } else {
                 RingKind::Syslog
             };
-            let node = NodeKey::new(l3.src, vlan);
+            let node = NodeKey::new(l3.src.0, vlan);
             let prefix = monitored(&node).ok_or(Skip::Counted)?;
             let plen = (payload_end - payload) as u32;
             // Offset of the payload from the start of the packet, for bpf_skb_load_bytes.
@@ -248,7 +261,14 @@ fn snmp_key(node: &NodeKey, h: &snmp::SnmpHeader, poller_port: u16) -> InflightK
 }
 
 #[inline(always)]
-fn tcp(pkt: &Packet, dir: Direction, l3: &L3, vlan: u16, skb_len: u32) -> Result<(), Skip> {
+fn tcp(
+    pkt: &Packet,
+    dir: Direction,
+    ports: &PortConfig,
+    l3: &L3,
+    vlan: u16,
+    skb_len: u32,
+) -> Result<(), Skip> {
     let off = l3.l4_off;
     let sport = pkt.be16(off).ok_or(Skip::Malformed)?;
     let dport = pkt.be16(off + 2).ok_or(Skip::Malformed)?;
@@ -259,8 +279,8 @@ fn tcp(pkt: &Packet, dir: Direction, l3: &L3, vlan: u16, skb_len: u32) -> Result
     count(Stat::Parsed);
     match dir {
         Direction::Egress if config::is_tcp_check_port(dport) => {
-            let node = NodeKey::new(l3.dst, vlan);
-            let c = class_of(&node, ProtoClass::TcpCheck).ok_or(Skip::Counted)?;
+            let node = NodeKey::new(l3.dst.0, vlan);
+            let c = class_of(&node, ProtoClass::TcpCheck, ports).ok_or(Skip::Counted)?;
             if flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) == TCP_SYN {
                 request(c, skb_len);
                 let key = tcp_key(&node, dport, sport);
@@ -272,16 +292,15 @@ fn tcp(pkt: &Packet, dir: Direction, l3: &L3, vlan: u16, skb_len: u32) -> Result
             Ok(())
         }
         Direction::Ingress if config::is_tcp_check_port(sport) => {
-            let node = NodeKey::new(l3.src, vlan);
-            let c = class_of(&node, ProtoClass::TcpCheck).ok_or(Skip::Counted)?;
+            let node = NodeKey::new(l3.src.0, vlan);
+            let c = class_of(&node, ProtoClass::TcpCheck, ports).ok_or(Skip::Counted)?;
             let syn_ack = flags & (TCP_SYN | TCP_ACK) == (TCP_SYN | TCP_ACK);
             let rst = flags & TCP_RST != 0;
             if syn_ack || rst {
                 if rst {
                     c.errors += 1;
                 }
-                let now = unsafe { bpf_ktime_get_ns() };
-                response(c, skb_len, &tcp_key(&node, sport, dport), now);
+                response(c, skb_len, &tcp_key(&node, sport, dport));
             } else {
                 c.bytes_in += skb_len as u64;
             }
@@ -347,17 +366,16 @@ fn icmp(
     let key_id = (echo_id as u32) << 16 | echo_seq as u32;
     match dir {
         Direction::Egress if ty == echo => {
-            let node = NodeKey::new(l3.dst, vlan);
-            let c = class_of(&node, ProtoClass::IcmpEcho).ok_or(Skip::Counted)?;
+            let node = NodeKey::new(l3.dst.0, vlan);
+            let c = class_of(&node, ProtoClass::IcmpEcho, ports).ok_or(Skip::Counted)?;
             request(c, skb_len);
             inflight::insert(&icmp_key(&node, key_id), unsafe { bpf_ktime_get_ns() });
             Ok(())
         }
         Direction::Ingress if ty == reply => {
-            let node = NodeKey::new(l3.src, vlan);
-            let c = class_of(&node, ProtoClass::IcmpEcho).ok_or(Skip::Counted)?;
-            let now = unsafe { bpf_ktime_get_ns() };
-            response(c, skb_len, &icmp_key(&node, key_id), now);
+            let node = NodeKey::new(l3.src.0, vlan);
+            let c = class_of(&node, ProtoClass::IcmpEcho, ports).ok_or(Skip::Counted)?;
+            response(c, skb_len, &icmp_key(&node, key_id));
             Ok(())
         }
         Direction::Ingress if ty == unreach || ty == exceeded => {
@@ -414,7 +432,7 @@ fn icmp_error(
         _ => return Err(Skip::NotPolling),
     };
     let node = NodeKey::new(dst, vlan);
-    let c = class_of(&node, class).ok_or(Skip::Counted)?;
+    let c = class_of(&node, class, ports).ok_or(Skip::Counted)?;
     c.errors += 1;
     c.bytes_in += skb_len as u64;
     count(Stat::IcmpErrors);

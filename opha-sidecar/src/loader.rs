@@ -37,6 +37,12 @@ use opha_common::{
 /// The kernel programs, built by build.rs.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/opha"));
 
+/// A classifier that does nothing (`opha_calibrate`), for benchmarks to measure the cost of
+/// BPF_PROG_TEST_RUN itself. Never attached.
+pub static CALIBRATE_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/opha-calibrate"));
+pub const PROG_CALIBRATE: &str = "opha_calibrate";
+
 pub const MAP_NODES: &str = "OPHA_NODES";
 pub const MAP_INFLIGHT: &str = "OPHA_INFLIGHT";
 pub const MAP_PREFIXES: &str = "OPHA_PREFIXES";
@@ -312,7 +318,29 @@ impl DataPlane {
             )));
         }
         let mut map: Array<&mut MapData, PortConfig> = self.map_mut(MAP_PORTS)?;
+        // The prefix generation is the loader's to manage (set_prefixes): keep it.
+        let current = map.get(&0, 0).map_err(|e| LoaderError::Map(MAP_PORTS, e))?;
+        let ports = PortConfig {
+            prefix_gen: current.prefix_gen,
+            ..ports
+        };
         map.set(0, ports, 0)
+            .map_err(|e| LoaderError::Map(MAP_PORTS, e))
+    }
+
+    /// The port configuration the programs currently use.
+    pub fn ports(&self) -> Result<PortConfig> {
+        let map: Array<&MapData, PortConfig> = self.map(MAP_PORTS)?;
+        map.get(&0, 0).map_err(|e| LoaderError::Map(MAP_PORTS, e))
+    }
+
+    /// Tells the programs that the prefixes changed, so nodes look their tenant up again.
+    fn bump_prefix_gen(&mut self) -> Result<()> {
+        let mut map: Array<&mut MapData, PortConfig> = self.map_mut(MAP_PORTS)?;
+        let mut current = map.get(&0, 0).map_err(|e| LoaderError::Map(MAP_PORTS, e))?;
+        // 0 never names a generation, so a fresh node slot (all zero) is never taken as cached.
+        current.prefix_gen = current.prefix_gen.wrapping_add(1).max(1);
+        map.set(0, current, 0)
             .map_err(|e| LoaderError::Map(MAP_PORTS, e))
     }
 
@@ -370,7 +398,7 @@ impl DataPlane {
                     .map_err(|e| LoaderError::Map(MAP_PREFIXES, e))?;
             }
         }
-        Ok(())
+        self.bump_prefix_gen()
     }
 
     /// Every node's counters, summed across CPUs.

@@ -1,8 +1,10 @@
 //! Requests in flight, waiting for their response: a bounded LRU shared by all CPUs (a response
-//! may arrive on another CPU than its request left on).
+//! may arrive on another CPU than its request left on). Per-CPU LRU lists
+//! (BPF_F_NO_COMMON_LRU) avoid the global LRU lock on every insert; each CPU then evicts from
+//! its own share of max_entries.
 
 use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_NOEXIST},
+    bindings::{BPF_F_NO_COMMON_LRU, BPF_NOEXIST},
     macros::map,
     maps::LruHashMap,
 };
@@ -14,21 +16,23 @@ use opha_common::{
 use super::stats::count;
 
 #[map]
-pub static OPHA_INFLIGHT: LruHashMap<InflightKey, InflightValue> = LruHashMap::pinned(65536, 0);
+pub static OPHA_INFLIGHT: LruHashMap<InflightKey, InflightValue> =
+    LruHashMap::pinned(65536, BPF_F_NO_COMMON_LRU);
 
-/// Records a request. A retransmission with the same key restarts its clock.
+/// Records a request. A retransmission with the same key restarts its clock in place.
 #[inline(always)]
 pub fn insert(key: &InflightKey, now: u64) {
+    if let Some(v) = OPHA_INFLIGHT.get_ptr_mut(key) {
+        unsafe { (*v).sent_ns = now };
+        count(Stat::InflightReplaced);
+        return;
+    }
     let v = InflightValue { sent_ns: now };
+    // EEXIST: the same request left on another CPU at the same moment; it is in flight.
     match OPHA_INFLIGHT.insert(key, &v, BPF_NOEXIST as u64) {
         Ok(()) => count(Stat::InflightInserted),
-        Err(_) => {
-            if OPHA_INFLIGHT.insert(key, &v, BPF_ANY as u64).is_ok() {
-                count(Stat::InflightReplaced);
-            } else {
-                count(Stat::InflightInsertFailed);
-            }
-        }
+        Err(-17) => count(Stat::InflightReplaced),
+        Err(_) => count(Stat::InflightInsertFailed),
     }
 }
 

@@ -7,13 +7,12 @@ use aya_ebpf::{
 };
 use opha_common::{
     node::{NodeCounters, NodeKey},
-    prefix::PrefixValue,
     stats::Stat,
 };
 
-use super::stats::count;
+use super::{prefixes, stats::count};
 
-/// Not preallocated: memory follows the nodes actually seen (536 bytes per node per CPU), the
+/// Not preallocated: memory follows the nodes actually seen (544 bytes per node per CPU), the
 /// bound is max_entries.
 #[map]
 pub static OPHA_NODES: PerCpuHashMap<NodeKey, NodeCounters> =
@@ -24,25 +23,45 @@ pub static OPHA_NODES: PerCpuHashMap<NodeKey, NodeCounters> =
 #[map]
 static OPHA_ZERO_NODE: Array<NodeCounters> = Array::with_max_entries(1, 0);
 
-/// This CPU's counters of `node`, created on first sight. None when the map is full (counted).
+const EEXIST: i32 = -17;
+
+/// This CPU's counters of a monitored node, created on first sight. None when the node is
+/// outside the monitored prefixes or the map is full (both counted).
+///
+/// A known node whose cached tenant is from the current prefix generation skips the LPM
+/// lookup: the common case costs one hash lookup.
 #[inline(always)]
-pub fn counters(node: &NodeKey, prefix: &PrefixValue) -> Option<&'static mut NodeCounters> {
-    let p = match OPHA_NODES.get_ptr_mut(node) {
-        Some(p) => p,
-        None => {
-            let zero = OPHA_ZERO_NODE.get(0)?;
-            // EEXIST means another CPU created it first: fine, look it up below.
-            if let Err(e) = OPHA_NODES.insert(node, zero, BPF_NOEXIST as u64) {
-                if e != -17 {
-                    count(Stat::NodeMapFull);
-                    return None;
-                }
-            }
-            OPHA_NODES.get_ptr_mut(node)?
+pub fn counters(node: &NodeKey, prefix_gen: u32) -> Option<&'static mut NodeCounters> {
+    if let Some(p) = OPHA_NODES.get_ptr_mut(node) {
+        let c = unsafe { &mut *p };
+        if c.tenant != 0 && c.prefix_gen == prefix_gen {
+            return Some(c);
         }
+        let Some(prefix) = prefixes::lookup(node) else {
+            // No longer monitored since the prefixes changed: its counters stay as they were.
+            count(Stat::OutsidePrefix);
+            return None;
+        };
+        c.tenant = prefix.tenant;
+        c.prefix_flags = prefix.flags;
+        c.prefix_gen = prefix_gen;
+        return Some(c);
+    }
+    let Some(prefix) = prefixes::lookup(node) else {
+        count(Stat::OutsidePrefix);
+        return None;
     };
-    let c = unsafe { &mut *p };
+    let zero = OPHA_ZERO_NODE.get(0)?;
+    // EEXIST means another CPU created it first: fine, look it up below.
+    if let Err(e) = OPHA_NODES.insert(node, zero, BPF_NOEXIST as u64) {
+        if e != EEXIST {
+            count(Stat::NodeMapFull);
+            return None;
+        }
+    }
+    let c = unsafe { &mut *OPHA_NODES.get_ptr_mut(node)? };
     c.tenant = prefix.tenant;
     c.prefix_flags = prefix.flags;
+    c.prefix_gen = prefix_gen;
     Some(c)
 }

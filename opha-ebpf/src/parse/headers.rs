@@ -69,9 +69,14 @@ pub fn parse_l2(pkt: &Packet, skb_vlan: Option<u16>) -> Result<L2, Skip> {
     })
 }
 
+/// An IPv6 (or IPv4-mapped) address, 8-byte aligned so that copies are two word moves.
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+pub struct Addr(pub [u8; 16]);
+
 pub struct L3 {
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
+    pub src: Addr,
+    pub dst: Addr,
     pub proto: u8,
     pub l4_off: usize,
     /// Bytes from `l4_off` to the end of the IP packet, from the IP header's length fields.
@@ -104,8 +109,8 @@ pub fn parse_ipv4(pkt: &Packet, off: usize, pkt_len: usize) -> Result<L3, Skip> 
         return Err(Skip::Fragment);
     }
     Ok(L3 {
-        src: v4_mapped(src),
-        dst: v4_mapped(dst),
+        src: Addr(v4_mapped(src)),
+        dst: Addr(v4_mapped(dst)),
         proto,
         l4_off: off + ihl,
         l4_len: tot_len - ihl,
@@ -160,8 +165,8 @@ pub fn parse_ipv6(pkt: &Packet, off: usize, pkt_len: usize) -> Result<L3, Skip> 
         return Err(Skip::Malformed);
     }
     Ok(L3 {
-        src,
-        dst,
+        src: Addr(src),
+        dst: Addr(dst),
         proto: next,
         l4_off: l4,
         l4_len: l3_end - l4,
