@@ -34,8 +34,11 @@ pub enum Direction {
     Egress,
 }
 
-/// Bytes the parsers want in the linear part of the skb.
-const LINEAR_WANT: u32 = 256;
+/// Bytes of headers wanted in the linear part of the skb up front (Ethernet, VLANs, IP and the
+/// transport header). Kept small so that paged TCP segments are not linearised for nothing.
+const LINEAR_HEADERS: u32 = 64;
+/// Bytes wanted linear for an SNMP message, pulled only on the SNMP path when needed.
+const LINEAR_SNMP: usize = 512;
 
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
@@ -53,10 +56,10 @@ pub fn classify(ctx: &TcContext, dir: Direction) -> Result<(), ()> {
     }
     let skb_len = ctx.len();
     // Headers normally sit in the linear part; pull them in when a driver left them paged.
-    let want = if skb_len < LINEAR_WANT {
+    let want = if skb_len < LINEAR_HEADERS {
         skb_len
     } else {
-        LINEAR_WANT
+        LINEAR_HEADERS
     };
     if ctx.data() + want as usize > ctx.data_end() {
         let _ = ctx.pull_data(want);
@@ -189,6 +192,7 @@ fn udp(
     let payload_end = off + ulen;
     match dir {
         Direction::Egress if dport == ports.snmp_port => {
+            let pkt = &linear_snmp(ctx, pkt, payload_end);
             let h = snmp::parse(pkt, payload, payload_end).ok_or(Skip::Malformed)?;
             match h.pdu {
                 snmp::PDU_GET
@@ -205,6 +209,7 @@ fn udp(
             Ok(())
         }
         Direction::Ingress if sport == ports.snmp_port => {
+            let pkt = &linear_snmp(ctx, pkt, payload_end);
             let h = snmp::parse(pkt, payload, payload_end).ok_or(Skip::Malformed)?;
             match h.pdu {
                 snmp::PDU_RESPONSE | snmp::PDU_REPORT | snmp::PDU_ENCRYPTED => {}
@@ -243,6 +248,21 @@ fn udp(
         }
         _ => Err(Skip::NotPolling),
     }
+}
+
+/// The packet with its SNMP message in the linear part (up to LINEAR_SNMP bytes), pulling it
+/// in only when a driver left it paged. Pulling invalidates packet pointers, hence a new view.
+#[inline(always)]
+fn linear_snmp(ctx: &TcContext, pkt: &Packet, payload_end: usize) -> Packet {
+    let want = if payload_end > LINEAR_SNMP {
+        LINEAR_SNMP
+    } else {
+        payload_end
+    };
+    if !pkt.has(want) {
+        let _ = ctx.pull_data(want as u32);
+    }
+    Packet::new(ctx)
 }
 
 #[inline(always)]

@@ -19,6 +19,12 @@ impl Packet {
         }
     }
 
+    /// True when the first `len` bytes are in the linear part.
+    #[inline(always)]
+    pub fn has(&self, len: usize) -> bool {
+        len <= MAX_OFF && self.data + len <= self.end
+    }
+
     #[inline(always)]
     pub fn u8(&self, off: usize) -> Option<u8> {
         if off > MAX_OFF {
