@@ -150,11 +150,17 @@ fn response(c: &mut ClassCounters, bytes: u32, key: &InflightKey) {
     c.responses += 1;
     c.bytes_in += bytes as u64;
     let Some(sent) = inflight::take(key) else {
-        c.last_response_ns = unsafe { bpf_ktime_get_coarse_ns() };
+        // The coarse clock can lag a precise stamp written a moment ago: never go back.
+        let coarse = unsafe { bpf_ktime_get_coarse_ns() };
+        if coarse > c.last_response_ns {
+            c.last_response_ns = coarse;
+        }
         return;
     };
     let now = unsafe { bpf_ktime_get_ns() };
-    c.last_response_ns = now;
+    if now > c.last_response_ns {
+        c.last_response_ns = now;
+    }
     let rtt = now.saturating_sub(sent);
     c.rtt_sum_ns += rtt;
     c.rtt_count += 1;
@@ -208,21 +214,7 @@ fn udp(
             inflight::insert(&snmp_key(&node, &h, sport), unsafe { bpf_ktime_get_ns() });
             Ok(())
         }
-        Direction::Ingress if sport == ports.snmp_port => {
-            let pkt = &linear_snmp(ctx, pkt, payload_end);
-            let h = snmp::parse(pkt, payload, payload_end).ok_or(Skip::Malformed)?;
-            match h.pdu {
-                snmp::PDU_RESPONSE | snmp::PDU_REPORT | snmp::PDU_ENCRYPTED => {}
-                _ => return Err(Skip::NotPolling),
-            }
-            let node = NodeKey::new(l3.src.0, vlan);
-            let c = class_of(&node, ProtoClass::Snmp, ports).ok_or(Skip::Counted)?;
-            if h.pdu == snmp::PDU_RESPONSE && h.error_status != 0 {
-                c.errors += 1;
-            }
-            response(c, skb_len, &snmp_key(&node, &h, dport));
-            Ok(())
-        }
+        // Before the SNMP response arm: many agents send traps from port 161.
         Direction::Ingress if dport == ports.trap_port || dport == ports.syslog_port => {
             let kind = if dport == ports.trap_port {
                 RingKind::Trap
@@ -244,6 +236,21 @@ fn udp(
                 plen,
                 ports.snap_len,
             );
+            Ok(())
+        }
+        Direction::Ingress if sport == ports.snmp_port => {
+            let pkt = &linear_snmp(ctx, pkt, payload_end);
+            let h = snmp::parse(pkt, payload, payload_end).ok_or(Skip::Malformed)?;
+            match h.pdu {
+                snmp::PDU_RESPONSE | snmp::PDU_REPORT | snmp::PDU_ENCRYPTED => {}
+                _ => return Err(Skip::NotPolling),
+            }
+            let node = NodeKey::new(l3.src.0, vlan);
+            let c = class_of(&node, ProtoClass::Snmp, ports).ok_or(Skip::Counted)?;
+            if h.pdu == snmp::PDU_RESPONSE && h.error_status != 0 {
+                c.errors += 1;
+            }
+            response(c, skb_len, &snmp_key(&node, &h, dport));
             Ok(())
         }
         _ => Err(Skip::NotPolling),
