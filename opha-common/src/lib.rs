@@ -11,6 +11,8 @@ pub mod ports;
 pub mod prefix;
 pub mod ringbuf;
 pub mod stats;
+#[cfg(feature = "user")]
+pub mod wire;
 
 /// Directory under bpffs where each instance pins its maps and links:
 /// `/sys/fs/bpf/opha/<instance>/`.
