@@ -1,1 +1,4 @@
 //! Benchmarks run by `cargo xtask bench`.
+
+pub mod ebpf;
+pub mod host;
