@@ -14,7 +14,6 @@
 
 use std::{
     fmt::Write as _,
-    fs,
     path::{Path, PathBuf},
 };
 
@@ -811,13 +810,7 @@ pub fn run(o: &Options) -> Result<PathBuf> {
                         net_ns_per_packet = ns_per_packet - harness_ns",
         }),
     );
-    let dir = host::target_dir().join("bench");
-    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let path = dir.join("ebpf.json");
-    let text = serde_json::to_string_pretty(&Json::Object(doc))?;
-    fs::write(&path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
-    println!("wrote {}", path.display());
-    Ok(path)
+    host::write_report("ebpf", &Json::Object(doc))
 }
 
 fn table(results: &[CaseResult], progs: &Json, harness_ns: f64, o: &Options) -> String {

@@ -18,6 +18,18 @@ pub fn target_dir() -> PathBuf {
     }
 }
 
+/// Writes `target/bench/NAME.json` (pretty JSON) and returns its path.
+pub fn write_report(name: &str, report: &serde_json::Value) -> anyhow::Result<PathBuf> {
+    use anyhow::Context as _;
+    let dir = target_dir().join("bench");
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(format!("{name}.json"));
+    let text = serde_json::to_string_pretty(report)?;
+    fs::write(&path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+    println!("wrote {}", path.display());
+    Ok(path)
+}
+
 /// `uname -r`.
 pub fn kernel_release() -> String {
     fs::read_to_string("/proc/sys/kernel/osrelease")

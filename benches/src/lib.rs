@@ -2,3 +2,4 @@
 
 pub mod ebpf;
 pub mod host;
+pub mod log;

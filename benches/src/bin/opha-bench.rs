@@ -7,7 +7,7 @@ use opha_benches::ebpf;
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((name, rest)) = args.split_first() else {
-        eprintln!("usage: opha-bench NAME [OPTIONS]; benchmarks: ebpf");
+        eprintln!("usage: opha-bench NAME [OPTIONS]; benchmarks: ebpf, log");
         return ExitCode::from(2);
     };
     match name.as_str() {
@@ -26,6 +26,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        "log" => match opha_benches::log::run() {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("opha-bench log: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         other => {
             eprintln!("unknown benchmark {other} (not implemented yet)");
             ExitCode::from(2)
