@@ -14,7 +14,7 @@ use crate::{cmd, setup};
 pub enum Bench {
     /// Kernel programs: ns per packet per packet class (BPF_PROG_TEST_RUN), instruction counts.
     Ebpf,
-    /// The replay log (a later issue).
+    /// The replay log: durable records/s, append-to-durable p99, ratio to redb.
     Log,
     /// The message bus (a later issue).
     Bus,
