@@ -133,7 +133,7 @@ fn test_run(dp: &DataPlane, prog: &str, pkt: &[u8], repeat: u32) -> Result<f64> 
 }
 
 fn stats(dp: &DataPlane) -> Result<[u64; STAT_COUNT as usize]> {
-    let s = dp.stats(0)?;
+    let s = dp.stats()?;
     Ok(Stat::ALL.map(|st| s.get(st)))
 }
 

@@ -12,7 +12,7 @@ pub enum RingKind {
 /// One trap or syslog datagram, copied with metadata. The payload is the UDP payload, cut at
 /// `cap_len` bytes; `orig_len` is its full length.
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RingRecord {
     /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC).
     pub ts_ns: u64,

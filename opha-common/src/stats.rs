@@ -79,3 +79,14 @@ impl Stat {
         }
     }
 }
+
+/// Counters userspace keeps in the pinned `OPHA_USERSPACE` array (see `UserStat`).
+pub const USER_STAT_COUNT: u32 = 4;
+
+/// Indexes of `OPHA_USERSPACE`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UserStat {
+    /// In-flight entries removed by the sweep as timed out.
+    InflightSwept = 0,
+}

@@ -60,6 +60,7 @@ pub fn render_text(nodes: &[NodeSnapshot], stats: &GlobalStats) -> String {
         "  {:<24} {}",
         "inflight_evictions", stats.inflight_evictions
     );
+    let _ = writeln!(out, "  {:<24} {}", "inflight_swept", stats.inflight_swept);
     out
 }
 
@@ -110,5 +111,6 @@ pub fn render_json(nodes: &[NodeSnapshot], stats: &GlobalStats) -> serde_json::V
     }
     st.insert("inflight_live".into(), stats.inflight_live.into());
     st.insert("inflight_evictions".into(), stats.inflight_evictions.into());
+    st.insert("inflight_swept".into(), stats.inflight_swept.into());
     serde_json::json!({ "nodes": nodes, "stats": st })
 }

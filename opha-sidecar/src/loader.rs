@@ -9,7 +9,7 @@ use std::{
     collections::BTreeSet,
     fs, io,
     net::IpAddr,
-    os::unix::ffi::OsStrExt,
+    os::{fd::AsFd as _, unix::ffi::OsStrExt},
     path::{Path, PathBuf},
     str::FromStr,
 };
@@ -31,8 +31,10 @@ use opha_common::{
     node::{NodeCounters, NodeKey},
     ports::{PortConfig, SNAP_LEN, TCP_PORT_WORDS, tcp_port_word},
     prefix::{PREFIX_VLAN_BITS, PrefixKeyData, PrefixValue},
-    stats::{STAT_COUNT, Stat},
+    stats::{STAT_COUNT, Stat, USER_STAT_COUNT, UserStat},
 };
+
+use crate::ring::RingReader;
 
 /// The kernel programs, built by build.rs.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/opha"));
@@ -50,6 +52,7 @@ pub const MAP_PORTS: &str = "OPHA_PORTS";
 pub const MAP_TCP_PORTS: &str = "OPHA_TCP_PORTS";
 pub const MAP_STATS: &str = "OPHA_STATS";
 pub const MAP_EVENTS: &str = "OPHA_EVENTS";
+pub const MAP_USERSPACE: &str = "OPHA_USERSPACE";
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
@@ -199,6 +202,8 @@ pub struct GlobalStats {
     /// evictions are counted.
     pub inflight_evictions: u64,
     pub inflight_live: u64,
+    /// Requests the sweep removed as timed out, over the instance's life.
+    pub inflight_swept: u64,
 }
 
 impl GlobalStats {
@@ -441,9 +446,10 @@ impl DataPlane {
             .collect()
     }
 
-    /// Global statistics. `swept` is the number of in-flight entries userspace removed as
-    /// timed out, so that they are not counted as evictions.
-    pub fn stats(&self, swept: u64) -> Result<GlobalStats> {
+    /// Global statistics summed across CPUs, with the in-flight evictions derived from them and
+    /// from the requests the sweep removed (kept pinned, see `sweep_inflight`).
+    pub fn stats(&self) -> Result<GlobalStats> {
+        let swept = self.user_stat(UserStat::InflightSwept)?;
         let map: PerCpuArray<&MapData, u64> = self.map(MAP_STATS)?;
         let mut counters = Vec::with_capacity(STAT_COUNT as usize);
         for stat in Stat::ALL {
@@ -457,6 +463,7 @@ impl DataPlane {
             counters,
             inflight_evictions: 0,
             inflight_live: live,
+            inflight_swept: swept,
         };
         s.inflight_evictions = s
             .get(Stat::InflightInserted)
@@ -464,6 +471,75 @@ impl DataPlane {
             .saturating_sub(swept)
             .saturating_sub(live);
         Ok(s)
+    }
+
+    /// Removes requests that have waited longer than `timeout_ns` at `now_ns` (both
+    /// `CLOCK_MONOTONIC`, as the kernel stamps them) and returns them: they are the poll
+    /// timeouts. A request answered while the sweep runs is not returned (its delete fails).
+    /// The total swept is kept in the pinned userspace counters, so that in-flight evictions stay
+    /// right across restarts.
+    pub fn sweep_inflight(
+        &mut self,
+        now_ns: u64,
+        timeout_ns: u64,
+    ) -> Result<Vec<(InflightKey, InflightValue)>> {
+        let mut map: LruHashMap<&mut MapData, InflightKey, InflightValue> =
+            self.map_mut(MAP_INFLIGHT)?;
+        let expired: Vec<(InflightKey, InflightValue)> = map
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter(|(_, v)| now_ns.saturating_sub(v.sent_ns) > timeout_ns)
+            .collect();
+        let mut swept = Vec::with_capacity(expired.len());
+        for (k, v) in expired {
+            match map.remove(&k) {
+                Ok(()) => swept.push((k, v)),
+                Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(aya::maps::MapError::SyscallError(e))
+                    if e.io_error.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(LoaderError::Map(MAP_INFLIGHT, e)),
+            }
+        }
+        self.add_user_stat(UserStat::InflightSwept, swept.len() as u64)?;
+        Ok(swept)
+    }
+
+    /// A counter kept by userspace in the pinned `OPHA_USERSPACE` map.
+    pub fn user_stat(&self, stat: UserStat) -> Result<u64> {
+        let map: Array<&MapData, u64> = self.map(MAP_USERSPACE)?;
+        map.get(&(stat as u32), 0)
+            .map_err(|e| LoaderError::Map(MAP_USERSPACE, e))
+    }
+
+    fn add_user_stat(&mut self, stat: UserStat, n: u64) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        debug_assert!((stat as u32) < USER_STAT_COUNT);
+        let current = self.user_stat(stat)?;
+        let mut map: Array<&mut MapData, u64> = self.map_mut(MAP_USERSPACE)?;
+        map.set(stat as u32, current.saturating_add(n), 0)
+            .map_err(|e| LoaderError::Map(MAP_USERSPACE, e))
+    }
+
+    /// A batch reader of the trap and syslog ring buffer; see [`RingReader`].
+    pub fn ring_reader(&self) -> Result<RingReader> {
+        let map = self
+            .ebpf
+            .map(MAP_EVENTS)
+            .ok_or(LoaderError::MissingMap(MAP_EVENTS))?;
+        let aya::maps::Map::RingBuf(data) = map else {
+            return Err(LoaderError::Config(format!(
+                "{MAP_EVENTS} is not a ring buffer"
+            )));
+        };
+        let info = data.info().map_err(|e| LoaderError::Map(MAP_EVENTS, e))?;
+        RingReader::new(data.fd().as_fd(), info.max_entries() as usize).map_err(|error| {
+            LoaderError::Io {
+                context: format!("mapping {MAP_EVENTS}"),
+                error,
+            }
+        })
     }
 
     /// A program, for BPF_PROG_TEST_RUN.

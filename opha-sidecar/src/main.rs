@@ -165,7 +165,7 @@ fn dump_instance(i: &InstanceArgs, json: bool) -> anyhow::Result<()> {
 
 fn print_dump(dp: &DataPlane, json: bool) -> anyhow::Result<()> {
     let nodes = dp.nodes()?;
-    let stats = dp.stats(0)?;
+    let stats = dp.stats()?;
     if json {
         println!("{}", dump::render_json(&nodes, &stats));
     } else {

@@ -67,7 +67,7 @@ fn assert_matches(dp: &DataPlane, tally: &Tally, phase: &str) -> Vec<NodeSnapsho
         bad.len(),
         bad.iter().take(25).cloned().collect::<Vec<_>>().join("\n")
     );
-    let stats = dp.stats(0).expect("reading the global statistics");
+    let stats = dp.stats().expect("reading the global statistics");
     let responses =
         tally.total(ProtoClass::IcmpEcho).received + tally.total(ProtoClass::Snmp).received;
     assert_eq!(stats.get(Stat::Malformed), 0, "{phase}: malformed packets");

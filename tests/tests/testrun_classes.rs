@@ -122,7 +122,7 @@ impl Case {
     /// Every global statistic: those listed have the given value, all others are 0.
     #[track_caller]
     fn stats(&self, want: &[(Stat, u64)]) {
-        let s = self.inst.stats(0).expect("stats");
+        let s = self.inst.stats().expect("stats");
         let got: Vec<(Stat, u64)> = Stat::ALL
             .iter()
             .map(|&st| (st, s.get(st)))

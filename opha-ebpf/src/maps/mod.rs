@@ -7,3 +7,4 @@ pub mod inflight;
 pub mod nodes;
 pub mod prefixes;
 pub mod stats;
+pub mod userspace;
