@@ -5,8 +5,10 @@ use opha_common::node::{NodeKey, ProtoClass};
 use opha_common::wire::{
     Event, EventId, EventKind, PeerId, PollClass, Severity, Subject, TenantId,
 };
-use opha_sidecar::aggregate::sim::{Poll, Reply, Scenario};
-use opha_sidecar::aggregate::{AggConfig, Aggregator, IdInput, NodeHealth, NodeInfo, Thresholds};
+use opha_sidecar::aggregate::sim::{FakeKernel, Poll, Reply, Scenario};
+use opha_sidecar::aggregate::{
+    AggConfig, Aggregator, IdInput, NodeHealth, NodeInfo, Output, Thresholds,
+};
 use std::collections::HashMap;
 
 use ProtoClass::{IcmpEcho as Icmp, Snmp, TcpCheck as Tcp};
@@ -568,4 +570,52 @@ fn tenant_counts_and_inventory_names() {
         .expect("metrics of the named node");
     assert_eq!(m.node.name.as_deref(), Some("core-sw-1"));
     assert_eq!(m.tenant, TenantId(9));
+}
+
+/// Regression: an SNMP answer that arrived after the last ping answer but before the first
+/// unanswered ping (the node was still alive then) must not hold the node's NodeDown back.
+/// The counter-only estimate of when failures began reaches back to the tick of the last ping
+/// answer; the swept timeouts say exactly when the first unanswered ping left.
+#[test]
+fn an_answer_from_another_class_just_before_the_outage_does_not_delay_node_down() {
+    let config = AggConfig {
+        poll_timeout_ms: 1_000,
+        ..cfg()
+    };
+    let mut agg = Aggregator::new(config);
+    let mut kernel = FakeKernel::new(T0);
+    let mut out = Output::default();
+    kernel.feed(&mut agg, &mut out);
+    let n = node(9);
+    let start_ns = kernel.mono_ns();
+    // Ticks every 200 ms, pings every 300 ms, SNMP rarely (NMIS pings every minute and polls
+    // SNMP every five): at 150, 1600 and 3050 ms, then every 3 s. The node dies at 3070 ms,
+    // after the SNMP answer at 3050 ms and before the first lost ping at 3300 ms.
+    let die_ms = 3_070;
+    let mut down_ms = None;
+    for step in 0..=(20_000 / 50) {
+        let t = step * 50;
+        let target = start_ns + t * 1_000_000;
+        kernel.advance_ns(target.saturating_sub(kernel.mono_ns()));
+        let alive = t < die_ms;
+        let reply = if alive { OK } else { LOST };
+        if t % 300 == 0 {
+            kernel.poll(n, Icmp, 0, reply);
+        }
+        if t == 150 || t == 1_600 || (t >= 3_050 && (t - 3_050) % 3_000 == 0) {
+            kernel.poll(n, Snmp, 0, reply);
+        }
+        if t % 200 == 0 {
+            let mut out = Output::default();
+            kernel.feed(&mut agg, &mut out);
+            if kinds(&out.events).contains(&EventKind::NodeDown) {
+                down_ms = Some(t);
+                break;
+            }
+        }
+    }
+    let down_ms = down_ms.expect("NodeDown must come");
+    // Lost pings at 3300, 3600 and 3900 ms, each swept 1 s later: down by about 5 s, not when
+    // SNMP has failed three times too (about 13 s).
+    assert!(down_ms <= 5_400, "NodeDown at {down_ms} ms");
 }

@@ -122,13 +122,14 @@ impl Hysteresis {
             .timeout_fails
             .saturating_add(fresh)
             .saturating_add(t.extra_failures);
+        let mut silent_since = None;
         let silent = match t.requests {
             Some((before, after)) => {
                 let n = self
                     .silent
                     .tick(t.prev_ns, t.now_ns, before, after, t.timeout_ns);
                 if n > 0 {
-                    first = first.min(self.silent.since_ns());
+                    silent_since = Some(self.silent.since_ns());
                 }
                 n
             }
@@ -137,7 +138,15 @@ impl Hysteresis {
         let fails = self.timeout_fails.max(silent);
         if fails > self.fail_streak {
             if self.fail_streak == 0 {
-                self.fail_since_ns = if first == u64::MAX { t.now_ns } else { first };
+                // Exact evidence (a swept request's send time) wins over the counter-only
+                // estimate, which starts at the tick of the last answer and so can reach back
+                // before the outage: an answer from another class in that gap would otherwise
+                // look like the node was still alive and hold its NodeDown back.
+                self.fail_since_ns = if first != u64::MAX {
+                    first
+                } else {
+                    silent_since.unwrap_or(t.now_ns)
+                };
             }
             self.fail_streak = fails;
             self.ok_streak = 0;
