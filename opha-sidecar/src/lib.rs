@@ -8,4 +8,6 @@ pub mod dump;
 pub mod ingest;
 pub mod inventory;
 pub mod loader;
+pub mod logdump;
+pub mod poller;
 pub mod ring;

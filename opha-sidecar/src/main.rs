@@ -13,6 +13,7 @@ use opha_common::ports::{
 use opha_sidecar::{
     dump,
     loader::{self, DataPlane, LoaderConfig, MonitoredPrefix},
+    logdump, poller,
 };
 
 #[derive(Parser)]
@@ -28,11 +29,32 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run on a poller: load and attach the kernel programs on the polling interface.
+    /// Run on a poller: with --config, the whole pipeline (kernel counters, traps, syslog,
+    /// local ingest, daemon health -> replay log); with --interface, only load and attach the
+    /// kernel programs (and print their counters with --dump).
     Poller(PollerArgs),
     /// Inspect or remove an instance's pinned programs and maps.
     #[command(subcommand)]
     Dataplane(DataplaneCommand),
+    /// Inspect the replay log.
+    #[command(subcommand)]
+    Log(LogCommand),
+}
+
+#[derive(Subcommand)]
+enum LogCommand {
+    /// Print the log's records (read-only: works while the poller runs, moves no cursor).
+    Dump {
+        /// The log directory (`log.dir` of the poller's config).
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        /// First sequence number to print.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// One JSON object per line: {"seq", "class", "record"} (or "error").
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
@@ -47,9 +69,21 @@ struct InstanceArgs {
 
 #[derive(Args)]
 struct PollerArgs {
+    /// Run the full pipeline from this config file (TOML; see docs/configuration.md) until
+    /// SIGINT/SIGTERM.
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with_all = ["interface", "instance", "prefixes", "tcp_ports", "dump", "count", "detach_on_exit"]
+    )]
+    config: Option<std::path::PathBuf>,
+    /// With --config: load and validate the config (and inventory), print the effective
+    /// config, and exit 0 (valid) or 1, without touching the kernel.
+    #[arg(long, requires = "config")]
+    check: bool,
     /// The polling interface (TC ingress and egress are attached here).
-    #[arg(long)]
-    interface: String,
+    #[arg(long, required_unless_present = "config")]
+    interface: Option<String>,
     /// Instance name; defaults to the interface name.
     #[arg(long)]
     instance: Option<String>,
@@ -135,6 +169,7 @@ fn main() -> ExitCode {
             instance,
             keep_maps,
         }) => loader::detach(&loader_config(&instance), keep_maps).map_err(Into::into),
+        Command::Log(LogCommand::Dump { dir, from, json }) => dump_log(dir, from, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -174,11 +209,31 @@ fn print_dump(dp: &DataPlane, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn dump_log(dir: std::path::PathBuf, from: u64, json: bool) -> anyhow::Result<()> {
+    let opts = logdump::DumpOptions { dir, from, json };
+    let stdout = std::io::stdout();
+    let stderr = std::io::stderr();
+    let summary = logdump::dump(&opts, &mut stdout.lock(), &mut stderr.lock())?;
+    if summary.damaged_segments > 0 {
+        anyhow::bail!(
+            "{} damaged segments (see above); the records shown are intact",
+            summary.damaged_segments
+        );
+    }
+    Ok(())
+}
+
 fn run_poller(args: PollerArgs) -> anyhow::Result<()> {
-    let instance = args
-        .instance
-        .clone()
-        .unwrap_or_else(|| args.interface.clone());
+    if let Some(config) = &args.config {
+        return poller::run(config, args.check);
+    }
+    // clap's `requires` does not hold `--check` back here: never attach when only asked to check.
+    if args.check {
+        anyhow::bail!("--check needs --config FILE (it validates a config file)");
+    }
+    // clap requires --interface without --config.
+    let interface = args.interface.clone().unwrap_or_default();
+    let instance = args.instance.clone().unwrap_or_else(|| interface.clone());
     let mut cfg = LoaderConfig::new(&instance);
     cfg.pin_root = args.pin_root.clone();
     cfg.max_nodes = args.max_nodes;
@@ -193,10 +248,10 @@ fn run_poller(args: PollerArgs) -> anyhow::Result<()> {
         snap_len: args.snap_len,
         ..PortConfig::default()
     })?;
-    dp.attach(&args.interface)?;
+    dp.attach(&interface)?;
     log::info!(
         "attached to {} as instance {instance} ({} prefixes, maps in {})",
-        args.interface,
+        interface,
         args.prefixes.len(),
         dp.pin_dir().display()
     );

@@ -22,10 +22,13 @@ use std::{
     fmt::Write as _,
     fs,
     io::{self, BufRead as _, Read as _, Write as _},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
     os::{
         fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
-        unix::process::{CommandExt as _, ExitStatusExt as _},
+        unix::{
+            net::UnixStream,
+            process::{CommandExt as _, ExitStatusExt as _},
+        },
     },
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Output, Stdio},
@@ -39,6 +42,7 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use opha_common::node::ProtoClass;
+use opha_common::wire::{Event, Record};
 use opha_sidecar::loader::{self, DataPlane, LoaderConfig, NodeSnapshot};
 
 /// Where `ip netns add` puts its namespace files.
@@ -1228,6 +1232,675 @@ impl Drop for Sidecar {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The whole poller pipeline: `opha-sidecar poller --config`, its replay log and its HTTP APIs.
+
+/// One `[[prefix]]` of a [`PollerOptions`] config.
+#[derive(Clone, Debug)]
+pub struct ConfigPrefix {
+    pub vlan: u16,
+    pub cidr: String,
+    pub tenant: u32,
+}
+
+/// What [`PollerSidecar`] writes into its `poller.toml`. The log directory and the ingest
+/// socket are always inside the guard's own temp dir, and `daemon = []`: a test host runs no
+/// NMIS daemons, and their down events would only be noise.
+#[derive(Clone, Debug)]
+pub struct PollerOptions {
+    pub poller_id: String,
+    pub interface: String,
+    pub instance: String,
+    pub prefixes: Vec<ConfigPrefix>,
+    /// `[ingest] http`, in the poller's namespace (its own loopback), or `None` for "off".
+    pub ingest_http: Option<SocketAddr>,
+    /// `[ingest] unix` at `<dir>/ingest.sock`, or "off".
+    pub ingest_unix: bool,
+    /// `[metrics] listen`, in the poller's namespace, or `None` for "off".
+    pub metrics: Option<SocketAddr>,
+    /// `[ingest] max_body` (e.g. `"4KiB"`), or the default.
+    pub ingest_max_body: Option<String>,
+    /// TOML appended verbatim: whole tables other than `[log]`, `[ingest]` and `[metrics]`
+    /// (written by the guard), e.g. `[intervals]` and `[thresholds]`.
+    pub extra: String,
+}
+
+/// Local ingest and Prometheus addresses of a [`PollerSidecar`]. Every namespace has its own
+/// loopback, so fixed ports never collide between tests.
+pub const INGEST_HTTP: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8730);
+pub const METRICS_HTTP: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9730);
+
+impl PollerOptions {
+    /// The site's networks (198.18.0.0/15 and 2001:db8::/32) for tenant 1, ingest over
+    /// [`INGEST_HTTP`] and the Unix socket, metrics on [`METRICS_HTTP`], defaults otherwise.
+    pub fn new(interface: &str, instance: &str) -> Self {
+        // poller_id: 1-64 of a-z 0-9 . _ -, starting with a letter or digit.
+        let poller_id: String = instance
+            .to_ascii_lowercase()
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .take(64)
+            .collect();
+        Self {
+            poller_id,
+            interface: interface.to_string(),
+            instance: instance.to_string(),
+            prefixes: vec![
+                ConfigPrefix {
+                    vlan: 0,
+                    cidr: "198.18.0.0/15".into(),
+                    tenant: 1,
+                },
+                ConfigPrefix {
+                    vlan: 0,
+                    cidr: "2001:db8::/32".into(),
+                    tenant: 1,
+                },
+            ],
+            ingest_http: Some(INGEST_HTTP),
+            ingest_unix: true,
+            metrics: Some(METRICS_HTTP),
+            ingest_max_body: None,
+            extra: String::new(),
+        }
+    }
+
+    /// One more monitored prefix (e.g. a carve-out for another tenant).
+    pub fn prefix(mut self, vlan: u16, cidr: &str, tenant: u32) -> Self {
+        self.prefixes.push(ConfigPrefix {
+            vlan,
+            cidr: cidr.to_string(),
+            tenant,
+        });
+        self
+    }
+
+    /// More TOML tables (see [`PollerOptions::extra`]).
+    pub fn extra(mut self, toml: &str) -> Self {
+        self.extra.push_str(toml);
+        self.extra.push('\n');
+        self
+    }
+
+    /// The config file's text, with paths under `dir`.
+    pub fn render(&self, dir: &Path) -> String {
+        let listen = |a: &Option<SocketAddr>| a.map_or("off".to_string(), |a| a.to_string());
+        let unix = if self.ingest_unix {
+            dir.join("ingest.sock").display().to_string()
+        } else {
+            "off".to_string()
+        };
+        let mut s = String::new();
+        let _ = writeln!(s, "poller_id = {}", toml_str(&self.poller_id));
+        let _ = writeln!(s, "interface = {}", toml_str(&self.interface));
+        let _ = writeln!(s, "instance = {}", toml_str(&self.instance));
+        s.push_str("daemon = []\n");
+        for p in &self.prefixes {
+            let _ = writeln!(
+                s,
+                "\n[[prefix]]\nvlan = {}\ncidr = {}\ntenant = {}",
+                p.vlan,
+                toml_str(&p.cidr),
+                p.tenant
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\n[log]\ndir = {}\n\n[ingest]\nhttp = {}\nunix = {}",
+            toml_str(&dir.join("log").display().to_string()),
+            toml_str(&listen(&self.ingest_http)),
+            toml_str(&unix),
+        );
+        if let Some(max) = &self.ingest_max_body {
+            let _ = writeln!(s, "max_body = {}", toml_str(max));
+        }
+        let _ = writeln!(
+            s,
+            "\n[metrics]\nlisten = {}\n",
+            toml_str(&listen(&self.metrics))
+        );
+        s.push_str(&self.extra);
+        s
+    }
+}
+
+/// A TOML basic string.
+fn toml_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// One line of `opha-sidecar log dump --json`: `{"seq", "class", "record"}`, or a record the
+/// dump could not decode (`{"seq", "error"}`), kept as `Err` so a test can fail on it.
+#[derive(Clone, Debug)]
+pub struct LogEntry {
+    pub seq: u64,
+    /// "event" or "metric" (empty for an undecodable record).
+    pub class: String,
+    pub record: std::result::Result<Record, String>,
+}
+
+impl LogEntry {
+    pub fn event(&self) -> Option<&Event> {
+        match &self.record {
+            Ok(Record::Event(e)) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// Parses `log dump --json` output. A line that is not such an object, or whose record does
+/// not deserialize into this build's [`Record`], is an error: the contract is broken.
+pub fn parse_log_dump(text: &str) -> Result<Vec<LogEntry>> {
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("log dump line {line:?}"))?;
+        let seq = v
+            .get("seq")
+            .and_then(|s| s.as_u64())
+            .ok_or_else(|| anyhow!("log dump line without a seq: {line}"))?;
+        if let Some(err) = v.get("error") {
+            out.push(LogEntry {
+                seq,
+                class: String::new(),
+                record: Err(err.as_str().map_or_else(|| err.to_string(), str::to_string)),
+            });
+            continue;
+        }
+        let class = v
+            .get("class")
+            .and_then(|c| c.as_str())
+            .ok_or_else(|| anyhow!("log dump line without a class: {line}"))?
+            .to_string();
+        let record = v
+            .get("record")
+            .ok_or_else(|| anyhow!("log dump line without a record: {line}"))?;
+        let record = serde_json::from_value::<Record>(record.clone())
+            .with_context(|| format!("log dump record does not deserialize: {line}"))?;
+        out.push(LogEntry {
+            seq,
+            class,
+            record: Ok(record),
+        });
+    }
+    Ok(out)
+}
+
+/// An HTTP answer.
+#[derive(Clone, Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    /// The header lines after the status line, as received.
+    pub headers: String,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> Result<serde_json::Value> {
+        serde_json::from_slice(&self.body)
+            .with_context(|| format!("HTTP {} body is not JSON: {}", self.status, self.text()))
+    }
+}
+
+/// One HTTP/1.1 request with `Connection: close` on `stream`, reading the answer to EOF (the
+/// stream should have read and write timeouts). Enough for the sidecar's own endpoints:
+/// Content-Length or chunked bodies.
+pub fn http_exchange<S: io::Read + io::Write>(
+    stream: &mut S,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Result<HttpResponse> {
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+         Content-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(ct) = content_type {
+        let _ = write!(req, "Content-Type: {ct}\r\n");
+    }
+    req.push_str("\r\n");
+    stream.write_all(req.as_bytes())?;
+    stream.write_all(body)?;
+    stream.flush()?;
+    let mut raw = Vec::new();
+    stream
+        .read_to_end(&mut raw)
+        .with_context(|| format!("reading the answer to {method} {path}"))?;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| anyhow!("{method} {path}: no complete HTTP header in {raw:?}"))?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let (status_line, headers) = head.split_once("\r\n").unwrap_or((head.as_str(), ""));
+    let status: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow!("{method} {path}: bad status line {status_line:?}"))?;
+    let mut body = raw[split + 4..].to_vec();
+    let chunked = headers.lines().any(|l| {
+        l.split_once(':').is_some_and(|(k, v)| {
+            k.trim().eq_ignore_ascii_case("transfer-encoding")
+                && v.trim().eq_ignore_ascii_case("chunked")
+        })
+    });
+    if chunked {
+        body = dechunk(&body).with_context(|| format!("{method} {path}: chunked body"))?;
+    }
+    Ok(HttpResponse {
+        status,
+        headers: headers.to_string(),
+        body,
+    })
+}
+
+fn dechunk(mut data: &[u8]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let eol = data
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or_else(|| anyhow!("chunk size line without CRLF"))?;
+        let size_text = String::from_utf8_lossy(&data[..eol]);
+        let size_text = size_text.split(';').next().unwrap_or("").trim();
+        let size = usize::from_str_radix(size_text, 16)
+            .with_context(|| format!("chunk size {size_text:?}"))?;
+        data = &data[eol + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        ensure!(data.len() >= size + 2, "chunk of {size} bytes is cut short");
+        out.extend_from_slice(&data[..size]);
+        data = &data[size + 2..];
+    }
+}
+
+impl NetNs {
+    /// One HTTP request to `addr` from inside this namespace (see [`http_exchange`]), bounded
+    /// by 5 s to connect and 30 s per read or write.
+    pub fn http(
+        &self,
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        body: &[u8],
+    ) -> Result<HttpResponse> {
+        http_in(&self.fd, addr, method, path, content_type, body)
+    }
+}
+
+/// Runs `f` on a thread that has entered the namespace of `ns_fd`.
+fn in_ns<T: Send>(ns_fd: &Arc<OwnedFd>, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    let fd = Arc::clone(ns_fd);
+    thread::scope(|s| {
+        s.spawn(move || {
+            // SAFETY: setns(2) on this thread only; the fd is open.
+            if unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(io::Error::last_os_error()).context("setns");
+            }
+            f()
+        })
+        .join()
+        .map_err(|_| anyhow!("thread in namespace panicked"))?
+    })
+}
+
+/// See [`NetNs::http`].
+fn http_in(
+    ns_fd: &Arc<OwnedFd>,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Result<HttpResponse> {
+    in_ns(ns_fd, || {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            .with_context(|| format!("connecting to {addr}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        s.set_write_timeout(Some(Duration::from_secs(30)))?;
+        http_exchange(&mut s, method, path, content_type, body)
+    })
+}
+
+/// What `opha-sidecar poller --config` logs (info) once the whole pipeline runs.
+pub const POLLER_RUNNING: &str = " running on ";
+
+/// The real `opha-sidecar poller --config FILE`: the whole pipeline (data plane, aggregation,
+/// trap/syslog decoding, local ingest, replay log) in a network namespace, with its config,
+/// replay log and ingest socket in a temp dir of its own. Drop kills it and removes the
+/// instance's links and pinned maps and the temp dir.
+///
+/// Start, restart and kill it from a thread that outlives the process (the test's main
+/// thread): like every command of [`NetNs::command`] it dies with the thread that spawned it.
+pub struct PollerSidecar {
+    child: Option<Child>,
+    ns: String,
+    ns_fd: Arc<OwnedFd>,
+    opts: PollerOptions,
+    /// Everything every run printed (stdout and stderr), a marker line before each run.
+    output: Arc<Mutex<String>>,
+    /// Where the current run's output starts in `output`.
+    run_start: usize,
+    runs: u32,
+    dir: TempDir,
+}
+
+impl PollerSidecar {
+    /// Writes the config and starts the poller; returns once it is ready (see
+    /// [`PollerSidecar::wait_ready`]), at most 60 s.
+    pub fn start(ns: &NetNs, opts: PollerOptions) -> Result<Self> {
+        // Stale pins under this name (a crashed earlier run) would carry old counters.
+        loader::detach(&LoaderConfig::new(&opts.instance), false)?;
+        let dir = TempDir::new("poller")?;
+        fs::write(dir.path().join("poller.toml"), opts.render(dir.path()))?;
+        let mut s = Self {
+            child: None,
+            ns: ns.name().to_string(),
+            ns_fd: Arc::clone(&ns.fd),
+            opts,
+            output: Arc::new(Mutex::new(String::new())),
+            run_start: 0,
+            runs: 0,
+            dir,
+        };
+        s.spawn()?;
+        Ok(s)
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let bin = sidecar_binary()?;
+        let mut cmd = command_in(&self.ns_fd, &bin);
+        cmd.arg("poller")
+            .arg("--config")
+            .arg(self.config_path())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        self.runs += 1;
+        {
+            let mut out = self.output.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = writeln!(out, "=== opha-sidecar poller run {} ===", self.runs);
+            self.run_start = out.len();
+        }
+        let mut child = cmd.spawn().with_context(|| format!("starting {cmd:?}"))?;
+        let pipes: [Option<Box<dyn io::Read + Send>>; 2] = [
+            child.stdout.take().map(|p| Box::new(p) as _),
+            child.stderr.take().map(|p| Box::new(p) as _),
+        ];
+        for pipe in pipes.into_iter().flatten() {
+            let out = Arc::clone(&self.output);
+            thread::spawn(move || {
+                for line in io::BufReader::new(pipe).lines() {
+                    let Ok(line) = line else { break };
+                    let mut o = out.lock().unwrap_or_else(|e| e.into_inner());
+                    o.push_str(&line);
+                    o.push('\n');
+                }
+            });
+        }
+        self.child = Some(child);
+        self.wait_ready(Duration::from_secs(60))
+    }
+
+    /// Waits until the current process says it runs ([`POLLER_RUNNING`] in its log, written
+    /// once every task has started), its programs are attached (both links pinned) and its
+    /// configured TCP listeners (ingest, metrics) accept connections.
+    pub fn wait_ready(&mut self, limit: Duration) -> Result<()> {
+        let deadline = Instant::now() + limit;
+        let pins = self.pin_dir();
+        loop {
+            if let Some(c) = self.child.as_mut()
+                && let Some(status) = c.try_wait()?
+            {
+                self.child = None;
+                // Let the pipe readers catch the last lines.
+                thread::sleep(Duration::from_millis(100));
+                bail!(
+                    "opha-sidecar poller exited ({status}) during start-up:\n{}",
+                    self.run_output()
+                );
+            }
+            let attached = pins.join("link_ingress").exists() && pins.join("link_egress").exists();
+            let listening = [self.opts.ingest_http, self.opts.metrics]
+                .into_iter()
+                .flatten()
+                .all(|a| self.tcp_listening(a));
+            let running = self.run_output().contains(POLLER_RUNNING);
+            if attached && listening && running {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "opha-sidecar poller was not ready within {limit:?} (links pinned: \
+                     {attached}, listeners up: {listening}, {POLLER_RUNNING:?} logged: \
+                     {running}):\n{}",
+                    self.run_output()
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn tcp_listening(&self, addr: SocketAddr) -> bool {
+        in_ns(&self.ns_fd, || {
+            Ok(TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok())
+        })
+        .unwrap_or(false)
+    }
+
+    pub fn options(&self) -> &PollerOptions {
+        &self.opts
+    }
+
+    pub fn instance(&self) -> &str {
+        &self.opts.instance
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("poller.toml")
+    }
+
+    pub fn log_dir(&self) -> PathBuf {
+        self.dir.path().join("log")
+    }
+
+    pub fn ingest_socket(&self) -> PathBuf {
+        self.dir.path().join("ingest.sock")
+    }
+
+    pub fn pin_dir(&self) -> PathBuf {
+        LoaderConfig::new(&self.opts.instance).pin_dir()
+    }
+
+    /// The running process's id, if it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// What every run printed so far.
+    pub fn output(&self) -> String {
+        self.output
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// What the current (or last) run printed.
+    pub fn run_output(&self) -> String {
+        let out = self.output.lock().unwrap_or_else(|e| e.into_inner());
+        out.get(self.run_start..).unwrap_or_default().to_string()
+    }
+
+    /// SIGTERM, then waits (at most `limit`) for the process to exit; SIGKILL and an error if
+    /// it does not. Returns its exit status.
+    pub fn terminate(&mut self, limit: Duration) -> Result<ExitStatus> {
+        let mut child = self
+            .child
+            .take()
+            .ok_or_else(|| anyhow!("opha-sidecar poller is not running"))?;
+        // SAFETY: kill(2) on our own child, not yet reaped (so its pid is still ours).
+        if unsafe { libc::kill(child.id() as i32, libc::SIGTERM) } != 0 {
+            return Err(io::Error::last_os_error()).context("SIGTERM to opha-sidecar");
+        }
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                thread::sleep(Duration::from_millis(50));
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "opha-sidecar poller still ran {limit:?} after SIGTERM; killed it:\n{}",
+                    self.run_output()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL, as a crash would: no chance to clean up or flush anything.
+    pub fn kill9(&mut self) -> Result<ExitStatus> {
+        let mut child = self
+            .child
+            .take()
+            .ok_or_else(|| anyhow!("opha-sidecar poller is not running"))?;
+        // SAFETY: kill(2) on our own child, not yet reaped (so its pid is still ours).
+        if unsafe { libc::kill(child.id() as i32, libc::SIGKILL) } != 0 {
+            return Err(io::Error::last_os_error()).context("kill -9 opha-sidecar");
+        }
+        let status = child.wait()?;
+        ensure!(
+            status.signal() == Some(libc::SIGKILL),
+            "opha-sidecar poller ended with {status}, not by SIGKILL"
+        );
+        Ok(status)
+    }
+
+    /// Starts the poller again with the same config (after [`PollerSidecar::kill9`] or
+    /// [`PollerSidecar::terminate`]; a running one is killed first) and waits until ready.
+    pub fn restart(&mut self) -> Result<()> {
+        if self.child.is_some() {
+            self.kill9()?;
+        }
+        self.spawn()
+    }
+
+    /// `opha-sidecar log dump --dir DIR --json`, run in the poller's namespace (so that a dump
+    /// that has to ask the running poller over its loopback HTTP endpoint can), at most 60 s.
+    pub fn dump_log(&self) -> Result<Vec<LogEntry>> {
+        let mut cmd = command_in(&self.ns_fd, sidecar_binary()?);
+        cmd.args(["log", "dump", "--dir"])
+            .arg(self.log_dir())
+            .arg("--json");
+        let out = output_within(cmd, Duration::from_secs(60))?;
+        ensure!(
+            out.status.success(),
+            "opha-sidecar log dump failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        parse_log_dump(&String::from_utf8_lossy(&out.stdout))
+    }
+
+    /// An HTTP request to the local ingest's TCP listener, from inside the namespace.
+    pub fn ingest_http(&self, method: &str, path: &str, json: &[u8]) -> Result<HttpResponse> {
+        let addr = self
+            .opts
+            .ingest_http
+            .ok_or_else(|| anyhow!("ingest over HTTP is off"))?;
+        self.http(addr, method, path, json)
+    }
+
+    /// An HTTP request over the local ingest's Unix socket (no namespace needed).
+    pub fn ingest_unix(&self, method: &str, path: &str, json: &[u8]) -> Result<HttpResponse> {
+        let path_sock = self.ingest_socket();
+        let mut s = UnixStream::connect(&path_sock)
+            .with_context(|| format!("connecting to {}", path_sock.display()))?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        s.set_write_timeout(Some(Duration::from_secs(30)))?;
+        http_exchange(&mut s, method, path, Some("application/json"), json)
+    }
+
+    /// `GET /metrics` (Prometheus text) from the metrics listener.
+    pub fn metrics_text(&self) -> Result<String> {
+        let addr = self
+            .opts
+            .metrics
+            .ok_or_else(|| anyhow!("the metrics endpoint is off"))?;
+        let r = self.http(addr, "GET", "/metrics", &[])?;
+        ensure!(r.status == 200, "GET /metrics: {} {}", r.status, r.text());
+        Ok(r.text())
+    }
+
+    fn http(
+        &self,
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> Result<HttpResponse> {
+        let ct = (!body.is_empty()).then_some("application/json");
+        http_in(&self.ns_fd, addr, method, path, ct, body)
+    }
+
+    /// The instance's pinned maps, opened in this process (they outlive the poller process).
+    pub fn dataplane(&self) -> Result<DataPlane> {
+        ensure!(
+            self.pin_dir().exists(),
+            "{} does not exist",
+            self.pin_dir().display()
+        );
+        Ok(DataPlane::load(&LoaderConfig::new(&self.opts.instance))?)
+    }
+
+    /// The namespace the poller runs in.
+    pub fn netns_name(&self) -> &str {
+        &self.ns
+    }
+}
+
+impl Drop for PollerSidecar {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Err(e) = loader::detach(&LoaderConfig::new(&self.opts.instance), false) {
+            eprintln!("removing pins of {}: {e}", self.opts.instance);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Polling tools and what they report.
 
 /// What the tools report for one node and protocol class. Bytes are whole frames as the kernel
@@ -1507,6 +2180,25 @@ impl<'a> Tools<'a> {
                 })
                 .collect(),
         )
+    }
+
+    /// Runs `program args...` in the namespace with net-snmp's environment kept private (as
+    /// for every tool here), at most [`Tools::limit`]; fails unless it exits 0. For the tools
+    /// that send rather than poll: `snmptrap`, `logger`.
+    pub fn run(&self, program: &str, args: &[&str]) -> Result<Output> {
+        let mut cmd = self.ns.command(tool(program));
+        snmp_env(&mut cmd, self.dir.path());
+        cmd.args(args);
+        let shown = format!("{program} {}", args.join(" "));
+        let out = output_within(cmd, self.limit)?;
+        ensure!(
+            out.status.success(),
+            "{shown} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(out)
     }
 
     fn run_snmp(&self, jobs: Vec<SnmpJob>) -> Result<Tally> {
@@ -1854,5 +2546,90 @@ mod tests {
         f.extend(ip);
         assert_eq!(frame_source(&f), Some("198.18.16.7".parse().unwrap()));
         assert_eq!(frame_source(&f[..20]), None);
+    }
+
+    #[test]
+    fn log_dump_lines_parse_into_records() {
+        use opha_common::wire::{EventId, EventKind, NodeRef, Severity, Subject, TenantId};
+        let event = Record::Event(Event {
+            id: EventId::from_u128(7),
+            time_ms: 1,
+            tenant: TenantId(2),
+            subject: Subject::Node(NodeRef::from(Ipv4Addr::new(198, 18, 16, 1))),
+            kind: EventKind::NodeDown,
+            severity: Severity::Major,
+            details: "down".into(),
+        });
+        let text = format!(
+            "{}\n\n{{\"seq\": 4, \"error\": \"bad crc\"}}\n",
+            serde_json::json!({"seq": 3, "class": "event", "record": event})
+        );
+        let entries = parse_log_dump(&text).unwrap();
+        assert_eq!(entries.len(), 2);
+        assert_eq!((entries[0].seq, entries[0].class.as_str()), (3, "event"));
+        assert_eq!(entries[0].record.as_ref().unwrap(), &event);
+        assert_eq!(entries[1].record, Err("bad crc".to_string()));
+        assert!(parse_log_dump("{\"seq\": 1, \"class\": \"event\", \"record\": 5}").is_err());
+        assert!(parse_log_dump("not json").is_err());
+    }
+
+    #[test]
+    fn http_answers_are_read_with_either_framing() {
+        struct Canned(io::Cursor<Vec<u8>>, Vec<u8>);
+        impl io::Read for Canned {
+            fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+                self.0.read(b)
+            }
+        }
+        impl io::Write for Canned {
+            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+                self.1.extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut c = Canned(
+            io::Cursor::new(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}".to_vec()),
+            Vec::new(),
+        );
+        let r = http_exchange(
+            &mut c,
+            "POST",
+            "/v1/events",
+            Some("application/json"),
+            b"[]",
+        )
+        .unwrap();
+        assert_eq!((r.status, r.text().as_str()), (200, "{}"));
+        let sent = String::from_utf8(c.1).unwrap();
+        assert!(sent.starts_with("POST /v1/events HTTP/1.1\r\n"), "{sent}");
+        assert!(sent.contains("Content-Length: 2\r\n") && sent.ends_with("\r\n\r\n[]"));
+        let mut c = Canned(
+            io::Cursor::new(
+                b"HTTP/1.1 413 Payload Too Large\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+                    .to_vec(),
+            ),
+            Vec::new(),
+        );
+        let r = http_exchange(&mut c, "GET", "/", None, b"").unwrap();
+        assert_eq!((r.status, r.text().as_str()), (413, "abcde"));
+    }
+
+    #[test]
+    fn poller_configs_render_every_table_once() {
+        let opts = PollerOptions::new("ifx", "t-1-0-E2E")
+            .prefix(0, "198.18.16.8/29", 2)
+            .extra("[intervals]\nmetrics = \"2s\"");
+        let text = opts.render(Path::new("/tmp/x"));
+        assert!(text.contains("poller_id = \"t-1-0-e2e\"\n"), "{text}");
+        assert_eq!(text.matches("[[prefix]]").count(), 3, "{text}");
+        for table in ["[log]", "[ingest]", "[metrics]", "[intervals]"] {
+            assert_eq!(text.matches(table).count(), 1, "{table} in {text}");
+        }
+        assert!(text.contains("dir = \"/tmp/x/log\""), "{text}");
+        assert!(text.contains("http = \"127.0.0.1:8730\""), "{text}");
+        assert_eq!(toml_str("a\"b\\c"), "\"a\\\"b\\\\c\"");
     }
 }
