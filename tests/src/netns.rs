@@ -1179,20 +1179,7 @@ impl Sidecar {
 
     /// SIGKILL, as a crash would: the process gets no chance to clean up. Returns its status.
     pub fn kill9(&mut self) -> Result<ExitStatus> {
-        let mut child = self
-            .child
-            .take()
-            .ok_or_else(|| anyhow!("opha-sidecar is not running"))?;
-        // SAFETY: kill(2) on our own child, not yet reaped (so its pid is still ours).
-        if unsafe { libc::kill(child.id() as i32, libc::SIGKILL) } != 0 {
-            return Err(io::Error::last_os_error()).context("kill -9 opha-sidecar");
-        }
-        let status = child.wait()?;
-        ensure!(
-            status.signal() == Some(libc::SIGKILL),
-            "opha-sidecar ended with {status}, not by SIGKILL"
-        );
-        Ok(status)
+        kill9_child(&mut self.child, "opha-sidecar")
     }
 
     /// Starts the sidecar again under the same instance (after [`Sidecar::kill9`]); it reopens
@@ -1789,20 +1776,7 @@ impl PollerSidecar {
 
     /// SIGKILL, as a crash would: no chance to clean up or flush anything.
     pub fn kill9(&mut self) -> Result<ExitStatus> {
-        let mut child = self
-            .child
-            .take()
-            .ok_or_else(|| anyhow!("opha-sidecar poller is not running"))?;
-        // SAFETY: kill(2) on our own child, not yet reaped (so its pid is still ours).
-        if unsafe { libc::kill(child.id() as i32, libc::SIGKILL) } != 0 {
-            return Err(io::Error::last_os_error()).context("kill -9 opha-sidecar");
-        }
-        let status = child.wait()?;
-        ensure!(
-            status.signal() == Some(libc::SIGKILL),
-            "opha-sidecar poller ended with {status}, not by SIGKILL"
-        );
-        Ok(status)
+        kill9_child(&mut self.child, "opha-sidecar poller")
     }
 
     /// Starts the poller again with the same config (after [`PollerSidecar::kill9`] or
@@ -2401,6 +2375,23 @@ pub fn describe(t: &Tally) -> String {
     }
     s.push_str(&format!("{} tool runs", t.runs));
     s
+}
+
+/// SIGKILLs a running child (taking it out of `child`) and checks that the signal ended it.
+fn kill9_child(child: &mut Option<Child>, what: &str) -> Result<ExitStatus> {
+    let mut child = child
+        .take()
+        .ok_or_else(|| anyhow!("{what} is not running"))?;
+    // SAFETY: kill(2) on our own child, not yet reaped (so its pid is still ours).
+    if unsafe { libc::kill(child.id() as i32, libc::SIGKILL) } != 0 {
+        return Err(io::Error::last_os_error()).with_context(|| format!("kill -9 {what}"));
+    }
+    let status = child.wait()?;
+    ensure!(
+        status.signal() == Some(libc::SIGKILL),
+        "{what} ended with {status}, not by SIGKILL"
+    );
+    Ok(status)
 }
 
 #[cfg(test)]
