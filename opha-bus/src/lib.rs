@@ -1,0 +1,36 @@
+//! opha's bus protocol as pure, I/O-free state machines (in the style of quinn-proto).
+//!
+//! Nothing here touches a socket, a file or a clock: the driver feeds in messages, log
+//! positions, store completions and the current time (nanoseconds on any monotonic clock,
+//! as `u64`), and applies what comes out (messages to transmit, "advance the cursor",
+//! "store these records").
+//!
+//! - [`message`]: the bus messages and their frames ([`message::BusFrame`]).
+//! - [`compress`]: zstd for batch bodies, as pure functions.
+//! - [`ranges`]: a set of sequence ranges (received/acknowledged), serde for the store.
+//! - [`sender`]: the poller's side, one per receiver.
+//! - [`receiver`]: the primary's or mirror's side, one per connected poller.
+//! - [`fencing`]: which primary is active for a poller, with a term that fences the others.
+//!
+//! # Sequence numbers and epochs
+//!
+//! A record's sequence number is its position in the poller's replay log (opha-log), which
+//! only grows, so a receiver's cursor in the log is a single number. The epoch is bumped on
+//! every start of the poller's sidecar; epoch `e` covers the log positions from its start to
+//! the next epoch's start. (poller, epoch, seq) is the dedupe key, so a log that was lost and
+//! starts again from 0 still produces fresh keys under its new epoch.
+
+pub mod compress;
+pub mod fencing;
+pub mod message;
+pub mod ranges;
+pub mod receiver;
+pub mod sender;
+
+/// Nanoseconds on the caller's monotonic clock.
+pub type Nanos = u64;
+
+/// One second in [`Nanos`].
+pub const SECOND: Nanos = 1_000_000_000;
+/// One millisecond in [`Nanos`].
+pub const MILLI: Nanos = 1_000_000;
