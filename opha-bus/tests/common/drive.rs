@@ -98,6 +98,13 @@ impl Drive {
             self.deliver_acks();
             self.flush();
             let next_ack = self.acks.iter().map(|a| a.0).min();
+            // Acks due now (an ack delay of 0) are delivered before time moves: skipping them
+            // would leave the window full until the retransmit timer, a stall of the model,
+            // not of the sender. The byte bucket bounds what one instant can send, so this
+            // terminates.
+            if next_ack.is_some_and(|t| t <= self.now) {
+                continue;
+            }
             let next = [self.sender.poll_timeout(), next_ack]
                 .into_iter()
                 .flatten()
