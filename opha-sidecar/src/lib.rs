@@ -10,4 +10,5 @@ pub mod inventory;
 pub mod loader;
 pub mod logdump;
 pub mod poller;
+pub mod receiver;
 pub mod ring;

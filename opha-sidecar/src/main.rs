@@ -10,10 +10,11 @@ use clap::{Args, Parser, Subcommand};
 use opha_common::ports::{
     DEFAULT_SNMP_PORT, DEFAULT_SYSLOG_PORT, DEFAULT_TRAP_PORT, PortConfig, SNAP_LEN,
 };
+use opha_sidecar::config::receiver::ReceiverRole;
 use opha_sidecar::{
     dump,
     loader::{self, DataPlane, LoaderConfig, MonitoredPrefix},
-    logdump, poller,
+    logdump, poller, receiver,
 };
 
 #[derive(Parser)]
@@ -39,6 +40,59 @@ enum Command {
     /// Inspect the replay log.
     #[command(subcommand)]
     Log(LogCommand),
+    /// Run as a primary: accept poller streams, authorize tenants, store, acknowledge.
+    Primary(ReceiverArgs),
+    /// Run as a mirror: the same receiver, for the poller it is paired with.
+    Mirror(ReceiverArgs),
+    /// Create a CA and issue peer certificates.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+}
+
+#[derive(Args)]
+struct ReceiverArgs {
+    /// The receiver's config file (TOML; see examples/primary.toml).
+    #[arg(long, value_name = "FILE")]
+    config: std::path::PathBuf,
+    /// Load and validate the config and the receiver's own certificate, print the effective
+    /// config, and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Create a CA: writes ca.pem and ca.key (0600) into DIR.
+    Init {
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        /// The CA's common name.
+        #[arg(long, default_value = "opha CA")]
+        name: String,
+        /// Validity in days.
+        #[arg(long, default_value_t = 3650)]
+        days: u32,
+    },
+    /// Issue a peer certificate: writes <peer>.pem and <peer>.key (0600) into OUT.
+    Issue {
+        /// The CA directory (from `certs init`).
+        #[arg(long)]
+        ca: std::path::PathBuf,
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// The peer id (a-z, 0-9, '.', '_', '-').
+        #[arg(long)]
+        peer: String,
+        /// poller, primary or mirror.
+        #[arg(long)]
+        role: String,
+        /// A tenant the peer may carry data for; repeatable.
+        #[arg(long = "tenant")]
+        tenants: Vec<u32>,
+        /// Validity in days.
+        #[arg(long, default_value_t = 825)]
+        days: u32,
+    },
 }
 
 #[derive(Subcommand)]
@@ -170,6 +224,9 @@ fn main() -> ExitCode {
             keep_maps,
         }) => loader::detach(&loader_config(&instance), keep_maps).map_err(Into::into),
         Command::Log(LogCommand::Dump { dir, from, json }) => dump_log(dir, from, json),
+        Command::Primary(a) => receiver::run(&a.config, ReceiverRole::Primary, a.check),
+        Command::Mirror(a) => receiver::run(&a.config, ReceiverRole::Mirror, a.check),
+        Command::Certs(c) => run_certs(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -219,6 +276,50 @@ fn dump_log(dir: std::path::PathBuf, from: u64, json: bool) -> anyhow::Result<()
             "{} damaged segments (see above); the records shown are intact",
             summary.damaged_segments
         );
+    }
+    Ok(())
+}
+
+fn run_certs(c: CertsCommand) -> anyhow::Result<()> {
+    use opha_identity::{ca, identity::parse_role};
+    match c {
+        CertsCommand::Init { dir, name, days } => {
+            ca::init_ca(&dir, &name, days, false)?;
+            println!("CA {name:?} written to {}", dir.display());
+        }
+        CertsCommand::Issue {
+            ca: ca_dir,
+            out,
+            peer,
+            role,
+            tenants,
+            days,
+        } => {
+            let role = parse_role(&role)
+                .ok_or_else(|| anyhow::anyhow!("--role {role:?}: use poller, primary or mirror"))?;
+            let peer_id = opha_common::wire::PeerId::new(peer.as_str())
+                .map_err(|e| anyhow::anyhow!("--peer {peer:?}: {e}"))?;
+            if tenants.contains(&0) {
+                anyhow::bail!("--tenant 0: tenant 0 is reserved");
+            }
+            let spec = ca::PeerSpec {
+                peer_id,
+                role,
+                tenants: tenants
+                    .iter()
+                    .map(|&t| opha_common::wire::TenantId(t))
+                    .collect(),
+                validity: ca::Validity::days_from_now(days),
+            };
+            let (issued, cert, key) = ca::issue_to_dir(&ca_dir, &out, &spec, false)?;
+            println!(
+                "{} ({role:?}, serial {}) written to {} and {}",
+                peer,
+                issued.serial(),
+                cert.display(),
+                key.display()
+            );
+        }
     }
     Ok(())
 }

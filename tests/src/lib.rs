@@ -1,7 +1,9 @@
 //! Test harness shared by the integration tests, the lab and the benchmarks: packet builders,
 //! network namespaces, pinned-instance guards and the root check.
 
+pub mod checker;
 pub mod netns;
 pub mod packets;
 pub mod pins;
 pub mod privilege;
+pub mod wan;

@@ -72,7 +72,7 @@ pub const FPING_DATA: u64 = 56;
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// `<prefix><pid hex><n hex>`: unique per process and call, short enough for interface names.
-fn unique_base(prefix: &str) -> String {
+pub(crate) fn unique_base(prefix: &str) -> String {
     let n = SEQ.fetch_add(1, Ordering::Relaxed);
     format!("{prefix}{:x}{n:x}", std::process::id())
 }
@@ -496,10 +496,10 @@ pub struct DelayLine {
 
 const PACKET_VNET_HDR: libc::c_int = 15;
 const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
-const VNET_HDR_LEN: usize = 10;
-const VIRTIO_NET_HDR_F_DATA_VALID: u8 = 2;
+pub(crate) const VNET_HDR_LEN: usize = 10;
+pub(crate) const VIRTIO_NET_HDR_F_DATA_VALID: u8 = 2;
 
-fn packet_socket(ifname: &str) -> Result<OwnedFd> {
+pub(crate) fn packet_socket(ifname: &str) -> Result<OwnedFd> {
     let name = std::ffi::CString::new(ifname)?;
     // SAFETY: plain syscalls on a socket this function owns.
     unsafe {

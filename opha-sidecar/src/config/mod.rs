@@ -28,6 +28,8 @@ use crate::{
     loader::{LoaderConfig, MonitoredPrefix},
 };
 
+pub mod bus;
+pub mod receiver;
 pub mod units;
 mod validate;
 
@@ -79,6 +81,12 @@ pub struct PollerConfig {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub kernel: KernelConfig,
+    /// Bus settings (certificates, batching, transport); used only with receivers.
+    #[serde(default)]
+    pub bus: bus::BusSection,
+    /// Primaries and the mirror to stream to, `[[receiver]]`; none: the bus is off.
+    #[serde(default, rename = "receiver", skip_serializing_if = "Vec::is_empty")]
+    pub receivers: Vec<bus::ReceiverEntry>,
 }
 
 /// `[[prefix]]`: addresses on one VLAN that belong to one tenant.
@@ -703,6 +711,7 @@ impl PollerConfig {
         {
             class.fill(rtt);
         }
+        bus::resolve(self, base_dir);
         if self.daemons.is_none() {
             self.daemons = Some(
                 NMIS_DAEMONS
@@ -715,7 +724,9 @@ impl PollerConfig {
 
     /// Step 3: rules across keys. Empty when the config is good.
     pub fn validate(&self) -> Vec<Problem> {
-        validate::validate(self)
+        let mut p = validate::validate(self);
+        bus::validate(self, &mut p);
+        p
     }
 
     /// The effective config as TOML (after `resolve`, every default spelled out).

@@ -410,6 +410,9 @@ pub fn render(shared: &Shared) -> String {
         "Seconds since the sidecar started.",
         shared.started.elapsed().as_secs_f64(),
     );
+    if let Some(bus) = shared.bus.get() {
+        bus.render(&mut o.0);
+    }
     o.0
 }
 

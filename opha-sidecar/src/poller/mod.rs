@@ -86,6 +86,7 @@
 //! continues from the checkpoint.
 
 pub mod aggregate;
+pub mod bus;
 pub mod checkpoint;
 pub mod durable;
 pub mod heartbeat;

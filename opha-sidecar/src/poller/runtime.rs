@@ -257,6 +257,14 @@ impl Pipeline {
             rt: rt.clone(),
         };
 
+        // The bus before any task appends: its epoch is bumped and persisted first.
+        if let Some(bus) = super::bus::start(&cfg, parts.log.clone(), stop.clone(), rt)? {
+            let _ = shared.bus.set(bus.status.clone());
+            pipeline
+                .servers
+                .extend(bus.tasks.into_iter().map(|t| ("bus", t)));
+        }
+
         // The heartbeat task first: it carries the log's recovery event, the first record of
         // this run.
         let monitor = DaemonMonitor::new(

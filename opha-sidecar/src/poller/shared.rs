@@ -69,6 +69,8 @@ pub struct Shared {
     pub daemons: Mutex<Vec<DaemonHealth>>,
     /// The ingest server, for its counters.
     pub ingest: Mutex<Option<IngestServer<LogSink>>>,
+    /// The bus sender's status, when receivers are configured.
+    pub bus: std::sync::OnceLock<Arc<super::bus::BusStatus>>,
     pub started: Instant,
 }
 
@@ -83,6 +85,7 @@ impl Shared {
             tenants: Mutex::new(Vec::new()),
             daemons: Mutex::new(Vec::new()),
             ingest: Mutex::new(None),
+            bus: std::sync::OnceLock::new(),
             started: Instant::now(),
         }
     }

@@ -1,0 +1,377 @@
+//! The receivers' configuration file (TOML): `opha-sidecar primary --config primary.toml` and
+//! `opha-sidecar mirror --config mirror.toml`, by example in examples/primary.toml and
+//! examples/mirror.toml.
+//!
+//! Same rules as the poller's file: `deny_unknown_fields` everywhere, the first parse error
+//! names its key path and line, relative paths are relative to the file's directory, and every
+//! rule across keys that is broken is reported.
+//!
+//! ```toml
+//! peer_id = "primary-1"          # must equal the peer id in `tls.certificate`
+//! role = "primary"               # or "mirror"; must equal the certificate's role
+//! listen = "0.0.0.0:7443"        # QUIC (UDP)
+//!
+//! [tls]
+//! certificate = "certs/primary-1.pem"
+//! key = "certs/primary-1.key"
+//! ca = "certs/ca.pem"
+//!
+//! [deny]                         # revoked certificates: serials (hex) and peer ids
+//! serials = []
+//! peers = []
+//!
+//! [store]
+//! dir = "/var/lib/opha/primary-1/store"
+//! max_age = "30d"                # or "off"
+//! max_size = "off"               # per tenant file, e.g. "10GiB"
+//! retention_every = "5m"
+//!
+//! [transport]                    # opha_identity::TransportSettings
+//! keep_alive_ms = 1000
+//! idle_timeout_ms = 5000
+//!
+//! [[poller]]                     # the tenant registry: who may send for which tenants
+//! id = "poller-1"
+//! tenants = [1, 2]
+//!
+//! [metrics]
+//! listen = "127.0.0.1:9731"      # or "off"
+//! ```
+//!
+//! A poller not in the registry is refused. A record is accepted only for a tenant listed both
+//! in the registry entry of its poller and in that poller's certificate.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use opha_common::wire::{PeerId, PeerRole, TenantId};
+use opha_identity::{DenyList, Serial, TransportSettings};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::{ConfigError, Problem, toml_problem, units};
+
+/// Default QUIC listen address of a receiver.
+pub const DEFAULT_RECEIVER_LISTEN: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 7443);
+/// Default Prometheus address of a receiver (loopback: metrics are for the local scraper).
+pub const DEFAULT_RECEIVER_METRICS: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9731);
+
+/// The role a receiver runs in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReceiverRole {
+    Primary,
+    Mirror,
+}
+
+impl ReceiverRole {
+    pub fn peer_role(self) -> PeerRole {
+        match self {
+            ReceiverRole::Primary => PeerRole::Primary,
+            ReceiverRole::Mirror => PeerRole::Mirror,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ReceiverRole::Primary => "primary",
+            ReceiverRole::Mirror => "mirror",
+        }
+    }
+}
+
+/// The whole file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiverFileConfig {
+    /// This receiver's peer id (as in its certificate). Required.
+    pub peer_id: PeerId,
+    /// `primary` or `mirror`. Required.
+    pub role: ReceiverRole,
+    /// QUIC (UDP) address pollers connect to.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    pub tls: TlsConfig,
+    #[serde(default)]
+    pub deny: DenyConfig,
+    pub store: StoreSection,
+    #[serde(default)]
+    pub transport: TransportSettings,
+    /// The tenant registry, `[[poller]]`.
+    #[serde(default, rename = "poller")]
+    pub pollers: Vec<PollerEntry>,
+    #[serde(default)]
+    pub metrics: ReceiverMetricsConfig,
+}
+
+fn default_listen() -> SocketAddr {
+    DEFAULT_RECEIVER_LISTEN
+}
+
+/// `[tls]`: this receiver's certificate and key, and the CA that signs every peer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub certificate: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
+/// `[deny]`: revoked certificates.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DenyConfig {
+    /// Serial numbers in hex (colons allowed), as `openssl x509 -serial` prints them.
+    pub serials: Vec<String>,
+    /// Peer ids: every certificate of these peers.
+    pub peers: Vec<PeerId>,
+}
+
+/// `[store]`: the per-tenant SQLite store and its retention.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    pub dir: PathBuf,
+    /// Records older than this are deleted; "off" keeps them.
+    #[serde(default = "default_max_age", with = "off_duration")]
+    pub max_age: Option<Duration>,
+    /// Per tenant file: the oldest records are deleted above this size; "off": no cap.
+    #[serde(default, with = "off_bytes")]
+    pub max_size: Option<u64>,
+    /// How often retention runs.
+    #[serde(default = "default_retention_every", with = "units::duration")]
+    pub retention_every: Duration,
+}
+
+fn default_max_age() -> Option<Duration> {
+    Some(Duration::from_secs(30 * 86_400))
+}
+
+fn default_retention_every() -> Duration {
+    Duration::from_secs(300)
+}
+
+/// `[[poller]]`: one poller and the tenants it may send for (intersected with its
+/// certificate's tenants).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PollerEntry {
+    pub id: PeerId,
+    pub tenants: Vec<u32>,
+}
+
+/// `[metrics]`: the Prometheus endpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReceiverMetricsConfig {
+    #[serde(with = "units::listen")]
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for ReceiverMetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: Some(DEFAULT_RECEIVER_METRICS),
+        }
+    }
+}
+
+mod off_duration {
+    use super::*;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.trim() == "off" {
+            return Ok(None);
+        }
+        units::parse_duration(&s)
+            .map(Some)
+            .map_err(serde::de::Error::custom)
+    }
+
+    pub fn serialize<S: Serializer>(v: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(d) => s.serialize_str(&units::format_duration(*d)),
+            None => s.serialize_str("off"),
+        }
+    }
+}
+
+mod off_bytes {
+    use super::*;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.trim() == "off" {
+            return Ok(None);
+        }
+        units::parse_bytes(&s)
+            .map(Some)
+            .map_err(serde::de::Error::custom)
+    }
+
+    pub fn serialize<S: Serializer>(v: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(b) => s.serialize_str(&units::format_bytes(*b)),
+            None => s.serialize_str("off"),
+        }
+    }
+}
+
+impl ReceiverFileConfig {
+    /// Reads, resolves and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let text = fs::read_to_string(path).map_err(|error| ConfigError::Read {
+            file: file.clone(),
+            error,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::from_toml(&text, &file, base)
+    }
+
+    /// Parses, resolves (relative paths against `base_dir`) and validates.
+    pub fn from_toml(text: &str, file: &str, base_dir: &Path) -> Result<Self, ConfigError> {
+        let invalid = |problems| ConfigError::Invalid {
+            file: file.to_string(),
+            problems,
+        };
+        let mut cfg = Self::parse(text).map_err(|p| invalid(vec![p]))?;
+        cfg.resolve(base_dir);
+        let problems = cfg.validate();
+        if problems.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(invalid(problems))
+        }
+    }
+
+    /// TOML into the types; the error names the key path.
+    pub fn parse(text: &str) -> Result<Self, Problem> {
+        let de =
+            toml::Deserializer::parse(text).map_err(|e| toml_problem(text, String::new(), &e))?;
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let path = if path == "." { String::new() } else { path };
+            toml_problem(text, path, e.inner())
+        })
+    }
+
+    /// Makes relative paths absolute against `base_dir`.
+    pub fn resolve(&mut self, base_dir: &Path) {
+        let abs = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base_dir.join(p)
+            }
+        };
+        self.tls.certificate = abs(&self.tls.certificate);
+        self.tls.key = abs(&self.tls.key);
+        self.tls.ca = abs(&self.tls.ca);
+        self.store.dir = abs(&self.store.dir);
+    }
+
+    /// Rules across keys; empty when the config is good.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut p = Vec::new();
+        for (i, s) in self.deny.serials.iter().enumerate() {
+            if let Err(e) = s.parse::<Serial>() {
+                p.push(Problem::new(format!("deny.serials[{i}]"), e.to_string()));
+            }
+        }
+        if let Err(e) = self.transport.validate() {
+            p.push(Problem::new(format!("transport.{}", e.key), e.why));
+        }
+        if self.listen.port() == 0 {
+            p.push(Problem::new(
+                "listen",
+                "port 0 is not allowed, name a fixed port",
+            ));
+        }
+        if self.metrics.listen.is_some_and(|m| m.port() == 0) {
+            p.push(Problem::new("metrics.listen", "port 0 is not allowed"));
+        }
+        if self.store.retention_every.is_zero() {
+            p.push(Problem::new("store.retention_every", "must be above 0"));
+        }
+        let mut seen = BTreeSet::new();
+        for (i, entry) in self.pollers.iter().enumerate() {
+            if !seen.insert(entry.id.clone()) {
+                p.push(Problem::new(
+                    format!("poller[{i}].id"),
+                    format!("poller {} is listed twice", entry.id),
+                ));
+            }
+            if entry.id == self.peer_id {
+                p.push(Problem::new(
+                    format!("poller[{i}].id"),
+                    "is this receiver's own peer id",
+                ));
+            }
+            if entry.tenants.is_empty() {
+                p.push(Problem::new(
+                    format!("poller[{i}].tenants"),
+                    "lists no tenant: the poller could send only tenant-less records",
+                ));
+            }
+            for (j, &t) in entry.tenants.iter().enumerate() {
+                if t == 0 {
+                    p.push(Problem::new(
+                        format!("poller[{i}].tenants[{j}]"),
+                        "tenant 0 is reserved (the receiver's own reports)",
+                    ));
+                }
+            }
+        }
+        p
+    }
+
+    /// The deny list (call after `validate`: bad serials are skipped here).
+    pub fn deny_list(&self) -> DenyList {
+        DenyList {
+            serials: self
+                .deny
+                .serials
+                .iter()
+                .filter_map(|s| s.parse().ok())
+                .collect(),
+            peers: self.deny.peers.iter().cloned().collect(),
+        }
+    }
+
+    /// The tenant registry: poller -> tenants it may send for.
+    pub fn registry(&self) -> BTreeMap<PeerId, BTreeSet<TenantId>> {
+        self.pollers
+            .iter()
+            .map(|e| {
+                (
+                    e.id.clone(),
+                    e.tenants.iter().map(|&t| TenantId(t)).collect(),
+                )
+            })
+            .collect()
+    }
+
+    /// The store's settings.
+    pub fn store_config(&self) -> opha_store::StoreConfig {
+        let mut c = opha_store::StoreConfig::default();
+        c.retention.max_age_ms = self
+            .store
+            .max_age
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        c.retention.max_bytes = self.store.max_size;
+        c
+    }
+
+    /// The effective config as TOML.
+    pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
+        toml::to_string(self)
+    }
+}

@@ -1,0 +1,428 @@
+//! The poller's bus sender: streams the replay log to every configured receiver (the
+//! primaries and the paired mirror) over QUIC with mutual TLS.
+//!
+//! The protocol decisions are `opha_bus::sender::Sender`'s (one per receiver, pure); this
+//! module is its driver:
+//!
+//! - [`start`]: loads the certificates, bumps and persists the epoch ([`epochs`]) *before*
+//!   anything connects, registers one log cursor per receiver (`receiver:<peer id>`, created
+//!   at the oldest record if missing; cursors of receivers no longer configured are removed,
+//!   so they cannot hold the log forever), and starts one task per receiver.
+//! - [`link`]: the task: connect (mTLS, the receiver's peer id and role required of its
+//!   certificate), one bidirectional stream, hello, then batches of log records as the
+//!   sender plans them; acknowledgements move the receiver's log cursor, so a segment is
+//!   deleted only when every receiver has passed it. Reconnects with exponential backoff.
+//! - [`wire`]: bus frames on a QUIC stream.
+//!
+//! With no `[[receiver]]` nothing here runs and no cursor is registered: the log keeps
+//! everything, as before the bus existed.
+//!
+//! Fencing: an `opha_bus::fencing::Arbiter` is fed the reachability of the primaries (a
+//! primary is reachable while its link is streaming); the active primary and the term are
+//! exported as metrics, and the term is persisted in the epoch file before it is exposed, so
+//! a term is never granted twice, also across restarts.
+
+pub mod epochs;
+pub mod link;
+pub mod wire;
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::{Context, anyhow, bail};
+use opha_bus::fencing::Arbiter;
+use opha_common::wire::{PeerId, PeerRole};
+use opha_identity::{ExpectPeer, PeerIdentity, TlsIdentity, Trust};
+use opha_log::Log;
+
+use super::shared::lock;
+use super::shutdown::Shutdown;
+use crate::config::{PollerConfig, bus::ReceiverEntry};
+use epochs::EpochTable;
+
+/// Prefix of the receivers' cursor names in the replay log.
+pub const CURSOR_PREFIX: &str = "receiver:";
+
+/// The log cursor of the receiver `peer`.
+pub fn cursor_name(peer: &PeerId) -> String {
+    format!("{CURSOR_PREFIX}{}", peer.as_str())
+}
+
+/// One receiver's link, as the metrics see it.
+#[derive(Debug)]
+pub struct LinkStatus {
+    pub receiver: ReceiverEntry,
+    /// Streaming (the handshake completed) now.
+    pub connected: AtomicBool,
+    /// First log position the receiver has not acknowledged.
+    pub cursor: AtomicU64,
+    /// The log's durable end as this link last saw it.
+    pub head: AtomicU64,
+    pub connects: AtomicU64,
+    pub failures: AtomicU64,
+    pub batches: AtomicU64,
+    pub records_live: AtomicU64,
+    pub records_backlog: AtomicU64,
+    pub bytes: AtomicU64,
+    pub acks: AtomicU64,
+    pub retransmit_timeouts: AtomicU64,
+    pub refused: AtomicU64,
+}
+
+impl LinkStatus {
+    fn new(receiver: ReceiverEntry, cursor: u64, head: u64) -> Self {
+        Self {
+            receiver,
+            connected: AtomicBool::new(false),
+            cursor: AtomicU64::new(cursor),
+            head: AtomicU64::new(head),
+            connects: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            records_live: AtomicU64::new(0),
+            records_backlog: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            acks: AtomicU64::new(0),
+            retransmit_timeouts: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+        }
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    pub fn cursor(&self) -> u64 {
+        self.cursor.load(Ordering::Relaxed)
+    }
+}
+
+/// The bus as a whole: epoch, links, fencing.
+#[derive(Debug)]
+pub struct BusStatus {
+    pub poller: PeerId,
+    /// This run's epoch.
+    pub epoch: u64,
+    pub links: Vec<Arc<LinkStatus>>,
+    /// `links` indexes of the primaries in preference order (the arbiter's order).
+    primaries: Vec<usize>,
+    fencing: Mutex<Fencing>,
+}
+
+#[derive(Debug)]
+struct Fencing {
+    arbiter: Arbiter,
+    table: EpochTable,
+    path: PathBuf,
+}
+
+impl BusStatus {
+    /// The active primary's peer id and the current term.
+    pub fn active_primary(&self) -> (Option<PeerId>, u64) {
+        let f = lock(&self.fencing);
+        let active = f
+            .arbiter
+            .active()
+            .and_then(|i| self.primaries.get(i))
+            .and_then(|&l| self.links.get(l))
+            .map(|l| l.receiver.peer.clone());
+        (active, f.arbiter.term())
+    }
+
+    /// A link's reachability changed. Blocking (a new term is persisted before it counts):
+    /// call from a blocking thread.
+    pub fn observe(&self, link: usize, reachable: bool) {
+        let Some(p) = self.primaries.iter().position(|&l| l == link) else {
+            return;
+        };
+        let mut f = lock(&self.fencing);
+        let before = f.arbiter.clone();
+        if let Some(grant) = f.arbiter.observe(p, reachable) {
+            f.table.term = grant.term;
+            let Fencing { table, path, .. } = &*f;
+            if let Err(e) = table.store(path) {
+                // A term that is not durable could be granted again after a restart: keep
+                // the old grant (the next observation tries again).
+                log::error!(
+                    "bus.epoch_file: persisting fencing term {}: {e}",
+                    grant.term
+                );
+                f.arbiter = before;
+                return;
+            }
+            let active = grant
+                .primary
+                .and_then(|i| self.primaries.get(i))
+                .and_then(|&l| self.links.get(l))
+                .map_or("none".to_string(), |l| l.receiver.peer.to_string());
+            log::info!("bus: active primary {active} (term {})", grant.term);
+        }
+    }
+
+    /// Prometheus text for the bus.
+    pub fn render(&self, out: &mut String) {
+        let series: [Series; 12] = [
+            (
+                "opha_bus_connected",
+                "gauge",
+                "1 while the link to the receiver is streaming.",
+                |l| u64::from(l.is_connected()),
+            ),
+            (
+                "opha_bus_cursor",
+                "gauge",
+                "First log position the receiver has not acknowledged.",
+                |l| l.cursor(),
+            ),
+            (
+                "opha_bus_lag_records",
+                "gauge",
+                "Durable log records the receiver has not acknowledged.",
+                |l| l.head.load(Ordering::Relaxed).saturating_sub(l.cursor()),
+            ),
+            (
+                "opha_bus_connects_total",
+                "counter",
+                "Connections that completed the bus handshake.",
+                |l| get(&l.connects),
+            ),
+            (
+                "opha_bus_connect_failures_total",
+                "counter",
+                "Connections that failed or were lost.",
+                |l| get(&l.failures),
+            ),
+            ("opha_bus_batches_total", "counter", "Batches sent.", |l| {
+                get(&l.batches)
+            }),
+            (
+                "opha_bus_records_live_total",
+                "counter",
+                "Records sent as live (appended since the handshake).",
+                |l| get(&l.records_live),
+            ),
+            (
+                "opha_bus_records_backlog_total",
+                "counter",
+                "Records sent as backlog (replay).",
+                |l| get(&l.records_backlog),
+            ),
+            (
+                "opha_bus_bytes_total",
+                "counter",
+                "Batch frame bytes sent (after compression).",
+                |l| get(&l.bytes),
+            ),
+            (
+                "opha_bus_acks_total",
+                "counter",
+                "Acknowledgements received.",
+                |l| get(&l.acks),
+            ),
+            (
+                "opha_bus_retransmit_timeouts_total",
+                "counter",
+                "Batches sent again after no acknowledgement.",
+                |l| get(&l.retransmit_timeouts),
+            ),
+            (
+                "opha_bus_refused_total",
+                "counter",
+                "Refusals received from the receiver.",
+                |l| get(&l.refused),
+            ),
+        ];
+        for (name, kind, help, f) in series {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for l in &self.links {
+                let r = &l.receiver;
+                let _ = writeln!(
+                    out,
+                    "{name}{{receiver=\"{}\",role=\"{}\"}} {}",
+                    r.peer.as_str(),
+                    opha_identity::identity::role_name(r.role.peer_role()),
+                    f(l)
+                );
+            }
+        }
+        let (active, term) = self.active_primary();
+        let _ = writeln!(
+            out,
+            "# HELP opha_bus_epoch This run's epoch.\n# TYPE opha_bus_epoch gauge\nopha_bus_epoch {}",
+            self.epoch
+        );
+        let _ = writeln!(
+            out,
+            "# HELP opha_bus_fencing_term Fencing term of the active primary grant.\n# TYPE opha_bus_fencing_term gauge\nopha_bus_fencing_term {term}"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP opha_bus_active_primary 1 for the primary that is active for this poller.\n# TYPE opha_bus_active_primary gauge"
+        );
+        for &i in &self.primaries {
+            if let Some(l) = self.links.get(i) {
+                let is = active.as_ref() == Some(&l.receiver.peer);
+                let _ = writeln!(
+                    out,
+                    "opha_bus_active_primary{{receiver=\"{}\"}} {}",
+                    l.receiver.peer.as_str(),
+                    u8::from(is)
+                );
+            }
+        }
+    }
+}
+
+/// A per-link metric: name, type, help, value.
+type Series = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&LinkStatus) -> u64,
+);
+
+fn get(c: &AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
+}
+
+/// The running bus.
+pub struct Bus {
+    pub status: Arc<BusStatus>,
+    pub tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Bus {
+    /// Waits for every link task (they end once `stop` is triggered).
+    pub async fn join(self) {
+        for t in self.tasks {
+            if let Err(e) = t.await {
+                log::error!("bus link ended abnormally: {e}");
+            }
+        }
+    }
+}
+
+/// Starts the bus if receivers are configured (`Ok(None)` otherwise). Blocking (files, the
+/// log's cursor file): call outside the async workers, before this run appends anything.
+pub fn start(
+    cfg: &PollerConfig,
+    log: Arc<Log>,
+    stop: Shutdown,
+    rt: &tokio::runtime::Handle,
+) -> anyhow::Result<Option<Bus>> {
+    if cfg.receivers.is_empty() {
+        return Ok(None);
+    }
+    let (Some(cert), Some(key), Some(ca)) = (&cfg.bus.cert, &cfg.bus.key, &cfg.bus.ca) else {
+        bail!("bus.cert, bus.key and bus.ca are required when a [[receiver]] is configured");
+    };
+    let own = TlsIdentity::load(cert, key).map_err(|e| anyhow!("bus.cert/bus.key: {e}"))?;
+    let leaf = own
+        .chain
+        .first()
+        .ok_or_else(|| anyhow!("bus.cert: no certificate"))?;
+    let me = PeerIdentity::from_certificate(leaf)
+        .map_err(|e| anyhow!("bus.cert: {}: {e}", cert.display()))?;
+    if me.peer_id != cfg.poller_id || me.role != PeerRole::Poller {
+        bail!(
+            "bus.cert: {} is for {} ({:?}), not for poller {}",
+            cert.display(),
+            me.peer_id,
+            me.role,
+            cfg.poller_id
+        );
+    }
+    let trust = Trust::load_ca(ca).map_err(|e| anyhow!("bus.ca: {e}"))?;
+
+    // The epoch first, durably: nothing may reach a receiver under an epoch a crash could
+    // hand out again.
+    let path = cfg.epoch_file();
+    let mut table = EpochTable::load(&path).map_err(|e| anyhow!("bus.epoch_file: {e}"))?;
+    let (oldest, head) = (log.oldest_seq(), log.durable_next_seq());
+    let epoch = table.bump(oldest, head);
+    table
+        .store(&path)
+        .map_err(|e| anyhow!("bus.epoch_file: {e}"))?;
+
+    // Cursors: one per configured receiver; those of receivers no longer configured go.
+    let wanted: Vec<String> = cfg.receivers.iter().map(|r| cursor_name(&r.peer)).collect();
+    for name in log.cursors().keys() {
+        if name.starts_with(CURSOR_PREFIX) && !wanted.contains(name) {
+            log::warn!("bus: removing the log cursor {name:?} of a receiver no longer configured");
+            log.remove_cursor(name)
+                .with_context(|| format!("log.dir: removing cursor {name:?}"))?;
+        }
+    }
+    let mut links = Vec::new();
+    let mut senders = Vec::new();
+    let scfg = cfg.bus.sender_config();
+    for (i, r) in cfg.receivers.iter().enumerate() {
+        let name = &wanted[i];
+        let cursor = log
+            .add_cursor(name)
+            .with_context(|| format!("receiver[{i}]: log cursor {name:?}"))?
+            .min(head);
+        let sender = opha_bus::sender::Sender::new(
+            scfg.clone(),
+            table.epochs.clone(),
+            oldest,
+            cursor,
+            head,
+            0,
+        )
+        .map_err(|e| anyhow!("receiver[{i}]: {e}"))?;
+        let client = cfg
+            .bus
+            .transport
+            .client_config(
+                &trust,
+                &own,
+                ExpectPeer::receiver(r.peer.clone(), &[r.role.peer_role()]),
+            )
+            .map_err(|e| anyhow!("bus: {e}"))?;
+        links.push(Arc::new(LinkStatus::new(r.clone(), cursor, head)));
+        senders.push((sender, client, name.clone()));
+    }
+    let primaries = cfg.primary_order();
+    let status = Arc::new(BusStatus {
+        poller: cfg.poller_id.clone(),
+        epoch,
+        links: links.clone(),
+        fencing: Mutex::new(Fencing {
+            arbiter: Arbiter::new(primaries.len(), table.term),
+            table,
+            path,
+        }),
+        primaries,
+    });
+    log::info!(
+        "bus: poller {} epoch {epoch}, {} receivers",
+        cfg.poller_id,
+        links.len()
+    );
+    let base = Instant::now();
+    let tasks = senders
+        .into_iter()
+        .enumerate()
+        .map(|(i, (sender, client, cursor))| {
+            let l = link::Link {
+                index: i,
+                cursor_name: cursor,
+                client,
+                log: log.clone(),
+                sender,
+                status: links[i].clone(),
+                bus: status.clone(),
+                stop: stop.clone(),
+                reconnect_min: cfg.bus.reconnect_min,
+                reconnect_max: cfg.bus.reconnect_max,
+                base,
+            };
+            rt.spawn(l.run())
+        })
+        .collect();
+    Ok(Some(Bus { status, tasks }))
+}
