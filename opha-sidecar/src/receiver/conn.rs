@@ -168,7 +168,10 @@ async fn session(
     }
     drop(frames_tx);
     let (jobs_tx, jobs_rx) = mpsc::channel::<Job>(COMMIT_QUEUE);
-    let (done_tx, mut done) = mpsc::channel::<Done>(COMMIT_QUEUE);
+    // Unbounded: the worker must never wait for this loop, which may itself be waiting for
+    // room in `jobs` (both bounded, a poller with more than 2 * COMMIT_QUEUE small batches in
+    // flight deadlocked them). Its length stays within the jobs the loop has handed out.
+    let (done_tx, mut done) = mpsc::unbounded_channel::<Done>();
     let worker = tokio::spawn(commit_worker(
         shared.clone(),
         poller.clone(),
@@ -410,7 +413,7 @@ async fn commit_worker(
     shared: Arc<Shared>,
     poller: PeerId,
     mut jobs: mpsc::Receiver<Job>,
-    done: mpsc::Sender<Done>,
+    done: mpsc::UnboundedSender<Done>,
 ) {
     while let Some(job) = jobs.recv().await {
         let s = shared.clone();
@@ -426,7 +429,6 @@ async fn commit_worker(
                 result,
                 received,
             })
-            .await
             .is_err()
         {
             return;
