@@ -1,8 +1,8 @@
 //! One database file: open and migrate, commit batches exactly once.
 
+use crate::RangeSet;
 use crate::error::StoreError;
 use crate::query::event_kind_name;
-use crate::ranges::RangeSet;
 use crate::schema::{APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION};
 use crate::{Scope, StoreConfig};
 use opha_common::wire::{
@@ -404,10 +404,11 @@ impl TenantDb {
                             .get(&(b.poller.clone(), b.epoch))
                             .cloned()
                             .unwrap_or_default();
+                        let durable_through = held.iter().next().map(|r| r.end - 1);
                         Ok(CommitOutcome {
                             stored,
                             duplicates,
-                            durable_through: held.ranges().first().map(|r| r.end - 1),
+                            durable_through,
                             held,
                         })
                     })
@@ -453,10 +454,12 @@ impl TenantDb {
             // Written by this crate from non-negative values; a negative one is damage.
             let (epoch, start, end) = (epoch.max(0) as u64, start.max(0) as u64, end.max(0) as u64);
             match out.last_mut() {
-                Some((e, set)) if *e == epoch => set.insert_range(start..end),
+                Some((e, set)) if *e == epoch => {
+                    set.insert(start..end);
+                }
                 _ => {
                     let mut set = RangeSet::new();
-                    set.insert_range(start..end);
+                    set.insert(start..end);
                     out.push((epoch, set));
                 }
             }
@@ -518,7 +521,7 @@ fn load_ranges(conn: &Connection, poller: &PollerId, epoch: u64) -> rusqlite::Re
     let mut set = RangeSet::new();
     for row in rows {
         let (s, e) = row?;
-        set.insert_range(s.max(0) as u64..e.max(0) as u64);
+        set.insert(s.max(0) as u64..e.max(0) as u64);
     }
     Ok(set)
 }
@@ -537,7 +540,7 @@ fn store_ranges(
         "INSERT INTO received_ranges (poller, epoch, start_seq, end_seq, updated_ms)
          VALUES (?1, ?2, ?3, ?4, ?5)",
     )?;
-    for r in set.ranges() {
+    for r in set.iter() {
         // Seqs were checked to be <= i64::MAX, so end <= i64::MAX + 1; clamp that one case.
         ins.execute(params![
             poller.as_str(),
@@ -597,7 +600,7 @@ fn write_batch(
                 frame,
             ])
             .map_err(scope_err("insert record"))?;
-        held.insert(seq);
+        held.insert_one(seq);
         if changed == 0 {
             // The ranges said "new" but the row exists: the UNIQUE constraint caught it.
             log::warn!(

@@ -57,15 +57,15 @@ mod committer;
 mod db;
 mod error;
 mod query;
-mod ranges;
 mod retention;
 mod schema;
 
 pub use committer::{Committer, CommitterConfig, Ticket};
 pub use db::{CommitOutcome, TenantDb};
 pub use error::StoreError;
+/// The bus's range set: the store persists exactly the dedupe state the bus handshake sends.
+pub use opha_bus::ranges::RangeSet;
 pub use query::{Cursor, EventFilter, NodeAddr, Page, PageRequest, StoredEvent, event_kind_name};
-pub use ranges::RangeSet;
 pub use retention::{Retention, RetentionReport};
 pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
 
@@ -229,7 +229,10 @@ impl Store {
         let mut all: std::collections::BTreeMap<u64, RangeSet> = Default::default();
         for &s in scopes {
             for (epoch, set) in self.scope(s)?.held_ranges(poller)? {
-                all.entry(epoch).or_default().union(&set);
+                let held = all.entry(epoch).or_default();
+                for r in set.iter() {
+                    held.insert(r);
+                }
             }
         }
         Ok(all.into_iter().collect())

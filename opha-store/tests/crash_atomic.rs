@@ -65,7 +65,7 @@ fn child(dir: &str, round: u64) {
                     .expect("held")
                     .into_iter()
                     .find(|(e, _)| *e == epoch)
-                    .and_then(|(_, r)| r.ranges().last().map(|r| r.end))
+                    .and_then(|(_, r)| r.iter().next_back().map(|r| r.end))
                     .unwrap_or(0);
                 let mut start = held_end.saturating_sub(2 * BATCH);
                 while Instant::now() < deadline && start < 1_000_000 {

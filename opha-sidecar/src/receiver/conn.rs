@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use opha_bus::message::{BusMessage, Refuse, RefuseReason};
-use opha_bus::ranges::RangeSet as BusRanges;
 use opha_bus::receiver::{EpochState, PollerState, Receiver, ReceiverOutput, Store as BusStore};
 use opha_common::wire::{PeerId, Record, TenantId};
 use opha_identity::verify::CLOSE_REFUSED;
@@ -94,21 +93,17 @@ fn state_from_store(
     starts: &BTreeMap<u64, u64>,
 ) -> PollerState {
     let mut state = PollerState::default();
-    for (epoch, set) in held {
-        let mut ranges = BusRanges::new();
-        for r in set.ranges() {
-            ranges.insert(r.clone());
-        }
+    for (epoch, held) in held {
         let start = starts
             .get(&epoch)
             .copied()
-            .unwrap_or_else(|| set.ranges().first().map_or(0, |r| r.start));
+            .unwrap_or_else(|| held.iter().next().map_or(0, |r| r.start));
         state.epochs.insert(
             epoch,
             EpochState {
                 start,
                 end: None,
-                held: ranges,
+                held,
             },
         );
     }
