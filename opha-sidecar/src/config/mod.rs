@@ -638,45 +638,83 @@ fn render(problems: &[Problem]) -> String {
     }
 }
 
+/// A TOML config file type (the poller's, a receiver's): it fills in derived values and checks
+/// cross-field rules; reading, key-path errors and the order of the steps are shared.
+pub trait ConfigFile: serde::de::DeserializeOwned {
+    /// Fills in defaults derived from other keys and makes relative paths absolute.
+    fn resolve(&mut self, base_dir: &Path);
+    /// Every cross-field rule that is broken.
+    fn validate(&self) -> Vec<Problem>;
+}
+
+/// Reads, resolves and validates a config file; relative paths in it are relative to the file's
+/// directory.
+pub fn load_file<T: ConfigFile>(path: &Path) -> Result<T, ConfigError> {
+    let file = path.display().to_string();
+    let text = fs::read_to_string(path).map_err(|error| ConfigError::Read {
+        file: file.clone(),
+        error,
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    from_toml_text(&text, &file, base)
+}
+
+/// Parses, resolves (relative paths against `base_dir`) and validates. `file` names the source
+/// in errors.
+pub fn from_toml_text<T: ConfigFile>(
+    text: &str,
+    file: &str,
+    base_dir: &Path,
+) -> Result<T, ConfigError> {
+    let invalid = |problems| ConfigError::Invalid {
+        file: file.to_string(),
+        problems,
+    };
+    let mut cfg: T = parse_toml(text).map_err(|p| invalid(vec![p]))?;
+    cfg.resolve(base_dir);
+    let problems = cfg.validate();
+    if problems.is_empty() {
+        Ok(cfg)
+    } else {
+        Err(invalid(problems))
+    }
+}
+
+/// TOML into the types, per-value checks only. The error names the key path.
+pub fn parse_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, Problem> {
+    let de = toml::Deserializer::parse(text).map_err(|e| toml_problem(text, String::new(), &e))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        toml_problem(text, path, e.inner())
+    })
+}
+
+impl ConfigFile for PollerConfig {
+    fn resolve(&mut self, base_dir: &Path) {
+        PollerConfig::resolve(self, base_dir)
+    }
+    fn validate(&self) -> Vec<Problem> {
+        PollerConfig::validate(self)
+    }
+}
+
 impl PollerConfig {
     /// Reads, resolves and validates a config file. Relative paths in it are relative to the
     /// file's directory.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let file = path.display().to_string();
-        let text = fs::read_to_string(path).map_err(|error| ConfigError::Read {
-            file: file.clone(),
-            error,
-        })?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        Self::from_toml(&text, &file, base)
+        load_file(path)
     }
 
     /// Parses, resolves (relative paths against `base_dir`) and validates. `file` names the
     /// source in errors.
     pub fn from_toml(text: &str, file: &str, base_dir: &Path) -> Result<Self, ConfigError> {
-        let invalid = |problems| ConfigError::Invalid {
-            file: file.to_string(),
-            problems,
-        };
-        let mut cfg = Self::parse(text).map_err(|p| invalid(vec![p]))?;
-        cfg.resolve(base_dir);
-        let problems = cfg.validate();
-        if problems.is_empty() {
-            Ok(cfg)
-        } else {
-            Err(invalid(problems))
-        }
+        from_toml_text(text, file, base_dir)
     }
 
     /// Step 1 only: TOML into the types, per-value checks. The error names the key path.
     pub fn parse(text: &str) -> Result<Self, Problem> {
-        let de =
-            toml::Deserializer::parse(text).map_err(|e| toml_problem(text, String::new(), &e))?;
-        serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let path = if path == "." { String::new() } else { path };
-            toml_problem(text, path, e.inner())
-        })
+        parse_toml(text)
     }
 
     /// Step 2: fills in defaults derived from other keys and makes paths absolute.

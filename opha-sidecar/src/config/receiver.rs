@@ -43,7 +43,6 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    fs,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     time::Duration,
@@ -53,7 +52,7 @@ use opha_common::wire::{PeerId, PeerRole, TenantId};
 use opha_identity::{DenyList, Serial, TransportSettings};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::{ConfigError, Problem, toml_problem, units};
+use super::{ConfigError, Problem, units};
 
 /// Default QUIC listen address of a receiver.
 pub const DEFAULT_RECEIVER_LISTEN: SocketAddr =
@@ -224,43 +223,29 @@ mod off_bytes {
     }
 }
 
+impl super::ConfigFile for ReceiverFileConfig {
+    fn resolve(&mut self, base_dir: &Path) {
+        ReceiverFileConfig::resolve(self, base_dir)
+    }
+    fn validate(&self) -> Vec<Problem> {
+        ReceiverFileConfig::validate(self)
+    }
+}
+
 impl ReceiverFileConfig {
     /// Reads, resolves and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let file = path.display().to_string();
-        let text = fs::read_to_string(path).map_err(|error| ConfigError::Read {
-            file: file.clone(),
-            error,
-        })?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        Self::from_toml(&text, &file, base)
+        super::load_file(path)
     }
 
     /// Parses, resolves (relative paths against `base_dir`) and validates.
     pub fn from_toml(text: &str, file: &str, base_dir: &Path) -> Result<Self, ConfigError> {
-        let invalid = |problems| ConfigError::Invalid {
-            file: file.to_string(),
-            problems,
-        };
-        let mut cfg = Self::parse(text).map_err(|p| invalid(vec![p]))?;
-        cfg.resolve(base_dir);
-        let problems = cfg.validate();
-        if problems.is_empty() {
-            Ok(cfg)
-        } else {
-            Err(invalid(problems))
-        }
+        super::from_toml_text(text, file, base_dir)
     }
 
     /// TOML into the types; the error names the key path.
     pub fn parse(text: &str) -> Result<Self, Problem> {
-        let de =
-            toml::Deserializer::parse(text).map_err(|e| toml_problem(text, String::new(), &e))?;
-        serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let path = if path == "." { String::new() } else { path };
-            toml_problem(text, path, e.inner())
-        })
+        super::parse_toml(text)
     }
 
     /// Makes relative paths absolute against `base_dir`.
