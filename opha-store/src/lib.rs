@@ -65,7 +65,10 @@ pub use db::{CommitOutcome, TenantDb};
 pub use error::StoreError;
 /// The bus's range set: the store persists exactly the dedupe state the bus handshake sends.
 pub use opha_bus::ranges::RangeSet;
-pub use query::{Cursor, EventFilter, NodeAddr, Page, PageRequest, StoredEvent, event_kind_name};
+pub use query::{
+    Cursor, EventFilter, NodeAddr, NodePage, NodeSummary, Page, PageRequest, StoredEvent,
+    StoredMetrics, Usage, event_kind_name,
+};
 pub use retention::{Retention, RetentionReport};
 pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
 
