@@ -11,6 +11,8 @@
 //! - [`sender`]: the poller's side, one per receiver.
 //! - [`receiver`]: the primary's or mirror's side, one per connected poller.
 //! - [`fencing`]: which primary is active for a poller, with a term that fences the others.
+//! - [`fetch`]: gap fetch between receivers (a returning primary asks the mirror or another
+//!   primary for what the poller's log no longer holds).
 //!
 //! # Sequence numbers and epochs
 //!
@@ -22,6 +24,7 @@
 
 pub mod compress;
 pub mod fencing;
+pub mod fetch;
 pub mod message;
 pub mod ranges;
 pub mod receiver;

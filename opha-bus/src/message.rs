@@ -14,6 +14,8 @@
 //! | 0x102 | [`Batch`]    | poller -> receiver |
 //! | 0x103 | [`Ack`]      | receiver -> poller |
 //! | 0x104 | [`Refuse`]   | receiver -> poller |
+//! | 0x105 | [`Grant`]    | poller -> primary  |
+//! | 0x106 | [`Term`]     | primary -> poller  |
 //!
 //! They are decoded here rather than by `opha_common::wire::FrameCodec`, whose `FrameKind`
 //! lists record kinds only (its tests pin 0x100 as unknown to the record decoder): the header
@@ -55,15 +57,19 @@ pub enum BusKind {
     Batch = 0x102,
     Ack = 0x103,
     Refuse = 0x104,
+    Grant = 0x105,
+    Term = 0x106,
 }
 
 impl BusKind {
-    pub const ALL: [BusKind; 5] = [
+    pub const ALL: [BusKind; 7] = [
         BusKind::Hello,
         BusKind::HelloAck,
         BusKind::Batch,
         BusKind::Ack,
         BusKind::Refuse,
+        BusKind::Grant,
+        BusKind::Term,
     ];
 
     pub const fn from_u16(v: u16) -> Option<Self> {
@@ -73,6 +79,8 @@ impl BusKind {
             0x102 => BusKind::Batch,
             0x103 => BusKind::Ack,
             0x104 => BusKind::Refuse,
+            0x105 => BusKind::Grant,
+            0x106 => BusKind::Term,
             _ => return None,
         })
     }
@@ -181,6 +189,37 @@ pub struct Refuse {
     pub detail: String,
 }
 
+/// Longest lease a [`Grant`] may give (a primary acts at most this long unheard).
+pub const MAX_LEASE_MS: u32 = 600_000;
+
+/// Poller -> primary (never to a mirror): which primary is active for this poller, fenced by
+/// `term` ([`crate::fencing`]). Sent to every connected primary after the handshake, on every
+/// change, and again as a heartbeat; each primary answers with a [`Term`].
+///
+/// The active primary is named by its peer id, not by its place in the poller's list, so a
+/// primary needs no knowledge of the poller's configuration: it compares the name with its own
+/// id (as its certificate carries it).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Grant {
+    /// Terms start at 1 (0 is "nothing granted yet").
+    pub term: u64,
+    /// The primary that acts with `term`; `None`: none does (yet). A primary not named steps
+    /// down when `term` is above what it has seen.
+    pub active: Option<opha_common::wire::PeerId>,
+    /// How long the named primary may act after receiving this grant unless a newer one
+    /// renews it, in milliseconds: shorter than the poller waits before it grants another
+    /// primary, so a primary cut off from the poller stops acting before anyone else starts.
+    pub lease_ms: u32,
+}
+
+/// Primary -> poller: the answer to every [`Grant`]: the highest term this primary has seen
+/// (persisted; the poller jumps above it if it lost its own) and whether it acts now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Term {
+    pub highest: u64,
+    pub acting: bool,
+}
+
 /// Any bus message.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum BusMessage {
@@ -189,6 +228,8 @@ pub enum BusMessage {
     Batch(Batch),
     Ack(Ack),
     Refuse(Refuse),
+    Grant(Grant),
+    Term(Term),
 }
 
 impl BusMessage {
@@ -199,6 +240,8 @@ impl BusMessage {
             BusMessage::Batch(_) => BusKind::Batch,
             BusMessage::Ack(_) => BusKind::Ack,
             BusMessage::Refuse(_) => BusKind::Refuse,
+            BusMessage::Grant(_) => BusKind::Grant,
+            BusMessage::Term(_) => BusKind::Term,
         }
     }
 }
@@ -264,6 +307,8 @@ impl BusFrame {
             BusMessage::Batch(m) => postcard::to_allocvec(m),
             BusMessage::Ack(m) => postcard::to_allocvec(m),
             BusMessage::Refuse(m) => postcard::to_allocvec(m),
+            BusMessage::Grant(m) => postcard::to_allocvec(m),
+            BusMessage::Term(m) => postcard::to_allocvec(m),
         }?;
         let len = match u32::try_from(payload.len()) {
             Ok(l) if l <= self.max_payload => l,
@@ -343,6 +388,8 @@ impl BusFrame {
             BusKind::Batch => BusMessage::Batch(strict(payload)?),
             BusKind::Ack => BusMessage::Ack(strict(payload)?),
             BusKind::Refuse => BusMessage::Refuse(strict(payload)?),
+            BusKind::Grant => BusMessage::Grant(strict(payload)?),
+            BusKind::Term => BusMessage::Term(strict(payload)?),
         };
         validate(&msg)?;
         Ok((msg, total))
@@ -359,7 +406,7 @@ impl BusFrame {
 }
 
 /// postcard decode of the whole payload, canonical only.
-fn strict<T: Serialize + DeserializeOwned>(payload: &[u8]) -> Result<T, BusError> {
+pub(crate) fn strict<T: Serialize + DeserializeOwned>(payload: &[u8]) -> Result<T, BusError> {
     let (value, rest) = postcard::take_from_bytes::<T>(payload)?;
     if !rest.is_empty() {
         return Err(BusError::PayloadTrailing { extra: rest.len() });
@@ -418,6 +465,19 @@ pub fn validate(msg: &BusMessage) -> Result<(), BusError> {
             }
         }
         BusMessage::Refuse(_) => {}
+        BusMessage::Grant(g) => {
+            if g.term == 0 && g.active.is_some() {
+                return Err(BusError::Invalid("grant names a primary with term 0"));
+            }
+            if g.lease_ms == 0 || g.lease_ms > MAX_LEASE_MS {
+                return Err(BusError::Invalid("grant lease out of range"));
+            }
+        }
+        BusMessage::Term(t) => {
+            if t.acting && t.highest == 0 {
+                return Err(BusError::Invalid("acting with term 0"));
+            }
+        }
     }
     Ok(())
 }

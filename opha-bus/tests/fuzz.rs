@@ -8,11 +8,12 @@ mod common;
 use common::Rng;
 use opha_bus::compress::Compression;
 use opha_bus::message::{
-    Ack, Batch, BusFrame, BusMessage, EpochHeld, EpochStart, Hello, HelloAck, Refuse, RefuseReason,
+    Ack, Batch, BusFrame, BusKind, BusMessage, EpochHeld, EpochStart, Grant, Hello, HelloAck,
+    Refuse, RefuseReason, Term,
 };
 use opha_bus::ranges::RangeSet;
 use opha_bus::receiver::{EpochState, PollerState, Receiver, ReceiverConfig, ReceiverOutput};
-use opha_common::wire::PROTOCOL_VERSION;
+use opha_common::wire::{PROTOCOL_VERSION, PeerId};
 use std::collections::BTreeMap;
 
 const DECODER_CASES: u64 = 120_000;
@@ -62,6 +63,20 @@ fn sample_messages(rng: &mut Rng) -> Vec<BusMessage> {
             reason: RefuseReason::StaleEpoch,
             detail: "x".into(),
         }),
+        BusMessage::Grant(Grant {
+            term: 1 + rng.below(1 << 40),
+            active: Some(PeerId::new("primary-main").unwrap()),
+            lease_ms: 750,
+        }),
+        BusMessage::Grant(Grant {
+            term: rng.below(3),
+            active: None,
+            lease_ms: 1,
+        }),
+        BusMessage::Term(Term {
+            highest: 1 + rng.below(1 << 20),
+            acting: rng.below(2) == 1,
+        }),
     ]
 }
 
@@ -88,7 +103,9 @@ fn mutate(rng: &mut Rng, mut f: Vec<u8>) -> Vec<u8> {
             // Random payload behind a valid header of a random bus kind.
             let len = rng.below(200) as usize;
             f.truncate(10);
-            f[4..6].copy_from_slice(&(0x100 + rng.below(6) as u16).to_le_bytes());
+            // Every bus kind, and one beyond the last.
+            let kinds = BusKind::ALL.len() as u64 + 1;
+            f[4..6].copy_from_slice(&(0x100 + rng.below(kinds) as u16).to_le_bytes());
             f[6..10].copy_from_slice(&(len as u32).to_le_bytes());
             f.extend(rng.bytes(len));
         }
@@ -110,10 +127,15 @@ fn decoder_never_panics() {
         .iter()
         .map(|m| BusFrame::default().encode(m).unwrap())
         .collect();
+    // Inputs whose header names each kind: every kind's payload decoder gets its share.
+    let mut by_kind: BTreeMap<u16, u64> = BTreeMap::new();
     for case in 0..DECODER_CASES {
         let base = samples[(case % samples.len() as u64) as usize].clone();
         let input = mutate(&mut rng, base);
         let codec = codecs[(case % 2) as usize];
+        if let Ok(h) = BusFrame::default().header(&input) {
+            *by_kind.entry(h.kind as u16).or_default() += 1;
+        }
         match codec.decode(&input) {
             Ok(BusMessage::Batch(b)) => {
                 ok += 1;
@@ -134,7 +156,11 @@ fn decoder_never_panics() {
         }
         let _ = codec.decode_prefix(&input);
     }
-    println!("{DECODER_CASES} inputs: {ok} decoded, errors {errors:?}");
+    println!("{DECODER_CASES} inputs: {ok} decoded, errors {errors:?}, by kind {by_kind:x?}");
+    for k in BusKind::ALL {
+        let n = by_kind.get(&(k as u16)).copied().unwrap_or(0);
+        assert!(n >= 1000, "only {n} inputs of kind {k:?}");
+    }
     let total: u64 = errors.values().sum();
     assert!(
         total > DECODER_CASES / 2,

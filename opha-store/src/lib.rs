@@ -56,6 +56,7 @@
 mod committer;
 mod db;
 mod error;
+mod fetch;
 mod query;
 mod retention;
 mod schema;
@@ -63,6 +64,7 @@ mod schema;
 pub use committer::{Committer, CommitterConfig, Ticket};
 pub use db::{CommitOutcome, TenantDb};
 pub use error::StoreError;
+pub use fetch::StoredRecord;
 /// The bus's range set: the store persists exactly the dedupe state the bus handshake sends.
 pub use opha_bus::ranges::RangeSet;
 pub use query::{

@@ -93,6 +93,16 @@ pub struct BusSection {
     pub reconnect_min: Duration,
     #[serde(with = "units::duration")]
     pub reconnect_max: Duration,
+    /// Fencing: how often the current grant is sent again to every connected primary (an
+    /// application heartbeat each primary answers).
+    #[serde(with = "units::duration")]
+    pub heartbeat: Duration,
+    /// Fencing: a primary that has not answered for this long is unreachable: its link is
+    /// torn down (and reconnected) and the next primary becomes active. Independent of the
+    /// QUIC idle timeout, so failover takes about this long. Above `heartbeat`; the active
+    /// primary's lease is `failover_after - heartbeat`.
+    #[serde(with = "units::duration")]
+    pub failover_after: Duration,
     /// `[bus.transport]`: QUIC keep-alive, idle timeout, windows.
     pub transport: TransportSettings,
 }
@@ -116,6 +126,8 @@ impl Default for BusSection {
             retransmit_after: Duration::from_nanos(s.retransmit_after),
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(5),
+            heartbeat: Duration::from_millis(250),
+            failover_after: Duration::from_secs(1),
             transport: TransportSettings::default(),
         }
     }
@@ -220,6 +232,19 @@ pub(super) fn validate(c: &PollerConfig, p: &mut Vec<Problem>) {
         p.push(Problem::new(
             "bus.reconnect_max",
             "bus.reconnect_min must be above 0 and at most bus.reconnect_max",
+        ));
+    }
+    if b.heartbeat < Duration::from_millis(10) || b.heartbeat > Duration::from_secs(60) {
+        p.push(Problem::new("bus.heartbeat", "use 10ms-60s"));
+    }
+    // The lease (failover_after - heartbeat) must be at least 1 ms and fit a grant.
+    let lease_max = Duration::from_millis(u64::from(opha_bus::message::MAX_LEASE_MS));
+    if b.failover_after < b.heartbeat + Duration::from_millis(1)
+        || b.failover_after > b.heartbeat + lease_max
+    {
+        p.push(Problem::new(
+            "bus.failover_after",
+            "must be above bus.heartbeat (and at most 10 minutes above it)",
         ));
     }
     if c.receivers.is_empty() {

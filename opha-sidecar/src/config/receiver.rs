@@ -34,6 +34,11 @@
 //! id = "poller-1"
 //! tenants = [1, 2]
 //!
+//! [[peer]]                       # primaries only: where to fetch gaps, in preference order
+//! id = "mirror-1"
+//! role = "mirror"
+//! address = "mirror-1.example:7443"
+//!
 //! [metrics]
 //! listen = "127.0.0.1:9731"      # or "off"
 //! ```
@@ -105,6 +110,9 @@ pub struct ReceiverFileConfig {
     /// The tenant registry, `[[poller]]`.
     #[serde(default, rename = "poller")]
     pub pollers: Vec<PollerEntry>,
+    /// `[[peer]]`: other receivers a primary fetches gaps from, in preference order.
+    #[serde(default, rename = "peer", skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<PeerEntry>,
     #[serde(default)]
     pub metrics: ReceiverMetricsConfig,
 }
@@ -163,6 +171,18 @@ fn default_retention_every() -> Duration {
 pub struct PollerEntry {
     pub id: PeerId,
     pub tenants: Vec<u32>,
+}
+
+/// `[[peer]]`: another receiver (the poller's mirror, another primary) that a primary asks
+/// for what it missed and the poller's log no longer holds (`receiver::gap`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerEntry {
+    /// Its peer id: its certificate must carry it and `role`.
+    pub id: PeerId,
+    pub role: ReceiverRole,
+    /// `host:port` of its QUIC endpoint (resolved at each fetch).
+    pub address: String,
 }
 
 /// `[metrics]`: the Prometheus endpoint.
@@ -286,6 +306,7 @@ impl ReceiverFileConfig {
         if self.store.retention_every.is_zero() {
             p.push(Problem::new("store.retention_every", "must be above 0"));
         }
+        self.validate_peers(&mut p);
         let mut seen = BTreeSet::new();
         for (i, entry) in self.pollers.iter().enumerate() {
             if !seen.insert(entry.id.clone()) {
@@ -316,6 +337,46 @@ impl ReceiverFileConfig {
             }
         }
         p
+    }
+
+    fn validate_peers(&self, p: &mut Vec<Problem>) {
+        let mut seen = BTreeSet::new();
+        for (i, peer) in self.peers.iter().enumerate() {
+            if self.role == ReceiverRole::Mirror {
+                p.push(Problem::new(
+                    format!("peer[{i}]"),
+                    "only primaries fetch gaps (a mirror serves them): remove [[peer]]",
+                ));
+            }
+            if !seen.insert(peer.id.clone()) {
+                p.push(Problem::new(
+                    format!("peer[{i}].id"),
+                    format!("peer {} is listed twice", peer.id),
+                ));
+            }
+            if peer.id == self.peer_id {
+                p.push(Problem::new(
+                    format!("peer[{i}].id"),
+                    "is this receiver's own peer id",
+                ));
+            }
+            if self.pollers.iter().any(|e| e.id == peer.id) {
+                p.push(Problem::new(
+                    format!("peer[{i}].id"),
+                    format!("{} is a poller in [[poller]], not a receiver", peer.id),
+                ));
+            }
+            let ok = peer
+                .address
+                .rsplit_once(':')
+                .is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok_and(|n| n > 0));
+            if !ok {
+                p.push(Problem::new(
+                    format!("peer[{i}].address"),
+                    format!("{:?} is not host:port", peer.address),
+                ));
+            }
+        }
     }
 
     /// The deny list (call after `validate`: bad serials are skipped here).

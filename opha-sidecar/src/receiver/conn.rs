@@ -4,9 +4,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use opha_bus::message::{BusMessage, Refuse, RefuseReason};
+use opha_bus::message::{BusKind, BusMessage, Grant, Refuse, RefuseReason};
 use opha_bus::receiver::{EpochState, PollerState, Receiver, ReceiverOutput, Store as BusStore};
-use opha_common::wire::{PeerId, Record, TenantId};
+use opha_common::wire::{PeerId, PeerRole, Record, TenantId};
 use opha_identity::verify::CLOSE_REFUSED;
 use opha_identity::{PeerIdentity, StreamKind};
 use opha_store::Scope;
@@ -32,6 +32,11 @@ pub async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming) {
             return;
         }
     };
+    if id.role == opha_common::wire::PeerRole::Primary {
+        // Not a poller: a primary fetching a gap (authorized there).
+        super::catchup::serve(shared, conn, id).await;
+        return;
+    }
     if let Err(e) = shared
         .trust
         .authorize_stream(shared.role, &id, StreamKind::PollerRecords)
@@ -63,6 +68,8 @@ pub async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming) {
         if let Err(e) = session(&shared, &conn, &id, &allowed).await {
             log::info!("poller {}: connection ended: {e:#}", id.peer_id);
         }
+        // Before a newer connection of the poller may start: it acts only on its own grants.
+        shared.fencing.disconnected(&id.peer_id);
     }
     shared.unregister(&id.peer_id, &conn);
     shared
@@ -174,6 +181,7 @@ async fn session(
         done_tx,
     ));
 
+    let gap_hello = hello.clone();
     let outputs = rx.handle(BusMessage::Hello(hello), 0);
     let mut ctx = Ctx {
         shared,
@@ -186,12 +194,24 @@ async fn session(
         received_at: Instant::now(),
     };
     ctx.apply(outputs).await?;
+    if !rx.is_closed() {
+        super::gap::after_handshake(shared, &poller, &gap_hello, rx.state(), allowed);
+    }
     update_lag(shared, &poller, &rx, current_epoch, *ctx.head);
 
     let result: anyhow::Result<()> = loop {
         tokio::select! {
             f = frames.recv() => match f {
                 Some(Ok(bytes)) => {
+                    // Grants are the fencing driver's, not the bus receiver's.
+                    if frame.header(&bytes).is_ok_and(|h| h.kind == BusKind::Grant)
+                        && let Ok(BusMessage::Grant(g)) = frame.decode(&bytes)
+                    {
+                        if let Err(e) = on_grant(shared, &poller, g, ctx.send).await {
+                            break Err(e);
+                        }
+                        continue;
+                    }
                     let (before, dups_before) = (received(&rx), rx.stats().duplicates);
                     ctx.received_at = Instant::now();
                     let out = rx.handle_frame(&bytes, 0);
@@ -240,6 +260,46 @@ async fn session(
     }
     let _ = worker.await;
     result
+}
+
+/// A grant from the poller: applied (its term persisted first when new) and answered; a
+/// mirror drops it unanswered.
+async fn on_grant(
+    shared: &Arc<Shared>,
+    poller: &PeerId,
+    grant: Grant,
+    send: &mut quinn::SendStream,
+) -> anyhow::Result<()> {
+    if shared.role != PeerRole::Primary {
+        shared.metrics.reject("not_primary", 1);
+        return Ok(());
+    }
+    let term = grant.term;
+    let outcome = if shared.fencing.needs_persist(poller, &grant) {
+        let (s, p) = (shared.clone(), poller.clone());
+        tokio::task::spawn_blocking(move || s.fencing.on_grant(&p, &grant)).await?
+    } else {
+        shared.fencing.on_grant(poller, &grant)
+    };
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(e) => {
+            // Not durable, not applied: the poller sends the grant again with its heartbeat.
+            log::error!("fencing: {e:#}");
+            shared.metrics.reject("fencing_store_failed", 1);
+            return Ok(());
+        }
+    };
+    if outcome.stale {
+        log::warn!(
+            "poller {poller}: stale grant (term {} below {}) ignored",
+            term,
+            outcome.answer.highest
+        );
+        shared.metrics.reject("stale_grant", 1);
+    }
+    write_message(send, &shared.bus.frame, &BusMessage::Term(outcome.answer)).await?;
+    Ok(())
 }
 
 fn received(rx: &Receiver) -> u64 {

@@ -8,10 +8,15 @@
 //! | `opha_receiver_records_received_total` | records in batches, new or not |
 //! | `opha_receiver_records_stored_total` | records made durable in the store |
 //! | `opha_receiver_duplicates_total` | records dropped as already held (bus state or store) |
+//! | `opha_receiver_gap_records_fetched_total` | records missing below a poller's log and fetched from a `[[peer]]` |
+//! | `opha_receiver_gap_unavailable_records_total` | records missing below a poller's log that no peer had (lost here) |
+//! | `opha_receiver_gap_records_served_total` | records sent to primaries fetching a gap from here |
 //! | `opha_receiver_poller_lag_records{poller}` | poller's head minus what is durable here (current epoch) |
 //! | `opha_receiver_ack_latency_seconds` | batch in to its ack out (summary: 0.5, 0.99, sum, count) |
 //! | `opha_receiver_rejects_total{reason}` | refused after the handshake: tenants, unregistered pollers, protocol refusals, store failures |
 //! | `opha_receiver_tls_refused_total{reason}` | refused in the TLS handshake, by reason (opha-identity's counters) |
+//! | `opha_receiver_acting{poller}` | 1 while this primary acts as the poller's active primary (fencing) |
+//! | `opha_receiver_fencing_term{poller}` | highest fencing term seen from the poller (persisted) |
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -42,6 +47,9 @@ pub struct Metrics {
     pub received: AtomicU64,
     pub stored: AtomicU64,
     pub duplicates: AtomicU64,
+    pub gap_fetched: AtomicU64,
+    pub gap_unavailable: AtomicU64,
+    pub gap_served: AtomicU64,
     rejects: Mutex<BTreeMap<String, u64>>,
     lag: Mutex<BTreeMap<String, u64>>,
     /// Microseconds.
@@ -56,6 +64,9 @@ impl Default for Metrics {
             received: AtomicU64::new(0),
             stored: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
+            gap_fetched: AtomicU64::new(0),
+            gap_unavailable: AtomicU64::new(0),
+            gap_served: AtomicU64::new(0),
             rejects: Mutex::new(BTreeMap::new()),
             lag: Mutex::new(BTreeMap::new()),
             // 3 significant digits, auto-resizing: never fails.
@@ -137,6 +148,24 @@ impl Metrics {
                 "Records dropped as already held.",
                 &self.duplicates,
             ),
+            (
+                "opha_receiver_gap_records_fetched_total",
+                "counter",
+                "Records missing below a poller's log, fetched from a peer receiver.",
+                &self.gap_fetched,
+            ),
+            (
+                "opha_receiver_gap_unavailable_records_total",
+                "counter",
+                "Records missing below a poller's log that no peer receiver had.",
+                &self.gap_unavailable,
+            ),
+            (
+                "opha_receiver_gap_records_served_total",
+                "counter",
+                "Records sent to primaries fetching a gap.",
+                &self.gap_served,
+            ),
         ];
         for (name, kind, help, v) in scalar {
             head(&mut o, name, kind, help);
@@ -193,6 +222,28 @@ impl Metrics {
             );
         }
         o
+    }
+}
+
+/// Appends the fencing gauges: `(poller, acting, highest term)` rows.
+pub fn render_fencing(o: &mut String, rows: &[(opha_common::wire::PeerId, bool, u64)]) {
+    let _ = writeln!(
+        o,
+        "# HELP opha_receiver_acting 1 while this primary acts as the poller's active primary.\n# TYPE opha_receiver_acting gauge"
+    );
+    for (p, acting, _) in rows {
+        let _ = writeln!(
+            o,
+            "opha_receiver_acting{{poller=\"{p}\"}} {}",
+            u8::from(*acting)
+        );
+    }
+    let _ = writeln!(
+        o,
+        "# HELP opha_receiver_fencing_term Highest fencing term seen from the poller.\n# TYPE opha_receiver_fencing_term gauge"
+    );
+    for (p, _, term) in rows {
+        let _ = writeln!(o, "opha_receiver_fencing_term{{poller=\"{p}\"}} {term}");
     }
 }
 

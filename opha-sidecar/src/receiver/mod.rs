@@ -41,7 +41,10 @@
 //! tenant and every `Event` carries one, so these reports go to reserved tenant 0's file
 //! (`tenant-0.sqlite3`), which no poller may send for (the registry refuses tenant 0).
 
+pub mod catchup;
 pub mod conn;
+pub mod fencing;
+pub mod gap;
 pub mod metrics;
 pub mod stream;
 
@@ -75,6 +78,10 @@ pub struct Shared {
     pub store: Arc<Store>,
     pub metrics: Metrics,
     pub bus: opha_bus::receiver::ReceiverConfig,
+    /// Which pollers this primary is active for ([`fencing`]).
+    pub fencing: fencing::Fencing,
+    /// Gap fetches from `[[peer]]` receivers ([`gap`]).
+    pub gaps: gap::GapFetcher,
     committers: Mutex<HashMap<Scope, Arc<Committer>>>,
     sessions: Mutex<HashMap<PeerId, Session>>,
     reports: Mutex<ReportStream>,
@@ -176,7 +183,15 @@ impl Shared {
 
     /// The Prometheus text.
     pub fn render_metrics(&self) -> String {
-        self.metrics.render(self.trust.counters())
+        let mut o = self.metrics.render(self.trust.counters());
+        metrics::render_fencing(&mut o, &self.fencing.snapshot());
+        o
+    }
+
+    /// The term this primary acts with as the active primary of `poller`, if it does now (the
+    /// config push stamps its actions with it; the poller accepts only the current term).
+    pub fn acting_term(&self, poller: &PeerId) -> Option<u64> {
+        self.fencing.acting_term(poller)
     }
 }
 
@@ -267,10 +282,16 @@ pub async fn start(cfg: &ReceiverFileConfig) -> anyhow::Result<RunningReceiver> 
     let store = tokio::task::spawn_blocking(move || Store::open(&dir, store_cfg))
         .await?
         .with_context(|| format!("store.dir {}", cfg.store.dir.display()))?;
+    let (me, dir) = (cfg.peer_id.clone(), cfg.store.dir.clone());
+    let fencing = tokio::task::spawn_blocking(move || fencing::Fencing::open(me, &dir))
+        .await?
+        .context("store.dir: fencing terms")?;
     let endpoint = quinn::Endpoint::server(server, cfg.listen)
         .with_context(|| format!("listen {}", cfg.listen))?;
     let addr = endpoint.local_addr()?;
+    let gaps = gap::GapFetcher::new(cfg, &trust, &own).context("peer")?;
     let shared = Arc::new(Shared {
+        gaps,
         me: cfg.peer_id.clone(),
         role: cfg.role.peer_role(),
         trust,
@@ -278,6 +299,7 @@ pub async fn start(cfg: &ReceiverFileConfig) -> anyhow::Result<RunningReceiver> 
         store: Arc::new(store),
         metrics: Metrics::default(),
         bus: opha_bus::receiver::ReceiverConfig::default(),
+        fencing,
         committers: Mutex::new(HashMap::new()),
         sessions: Mutex::new(HashMap::new()),
         reports: Mutex::new(ReportStream {
@@ -342,6 +364,7 @@ async fn accept_loop(
     }
     // Connections end when the endpoint closes; each settles its stores first.
     while conns.join_next().await.is_some() {}
+    shared.gaps.stop().await;
     // Committers join their threads on drop: not on an async worker.
     let committers: Vec<_> = {
         let mut c = shared.committers.lock().unwrap_or_else(|p| p.into_inner());

@@ -17,14 +17,16 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
-use opha_bus::message::{Batch, BusFrame, BusMessage};
+use opha_bus::message::{Batch, BusFrame, BusMessage, Term};
 use opha_bus::sender::{Plan, Sender, SenderEvent};
 use opha_bus::{Nanos, compress::Compression};
 use opha_log::{Log, LogReader, Record};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
+use super::fence::{self, FenceTask};
 use super::wire::{read_message, write_message};
 use super::{BusStatus, LinkStatus};
+use crate::config::bus::ReceiverRole;
 use crate::poller::shutdown::Shutdown;
 
 /// How often the log's durable end is looked at while nothing else wakes the link. Records
@@ -170,9 +172,15 @@ impl Link {
         let frame = BusFrame::default();
         let (mut send, mut recv) = conn.open_bi().await.context("opening the stream")?;
         let (tx, mut rx) = mpsc::channel::<anyhow::Result<BusMessage>>(64);
+        let (answers_tx, answers_rx) = mpsc::channel::<Term>(fence::ANSWER_QUEUE);
         let reader = tokio::spawn(async move {
             loop {
                 let item = match read_message(&mut recv, &frame).await {
+                    Ok(Some(BusMessage::Term(t))) => {
+                        // Fencing answers go to the fence task, never behind acks.
+                        let _ = answers_tx.try_send(t);
+                        continue;
+                    }
                     Ok(Some(m)) => Ok(m),
                     Ok(None) => Err(anyhow!("the receiver finished the stream")),
                     Err(e) => Err(anyhow!("reading: {e}")),
@@ -184,6 +192,11 @@ impl Link {
             }
         });
         let _abort = AbortOnDrop(reader);
+        // The fence task (primaries only, once streaming) reports its failure here; until it
+        // runs the sender stays here, so the receiver never resolves.
+        let (failed_tx, mut failed) = oneshot::channel::<anyhow::Error>();
+        let mut fence_start = Some((answers_rx, failed_tx));
+        let mut _fence: Option<AbortOnDrop> = None;
 
         let hello = self.sender.connect();
         write_message(&mut send, &frame, &hello)
@@ -208,6 +221,19 @@ impl Link {
                     self.bus.epoch
                 );
                 self.reachable(true).await;
+                if self.status.receiver.role == ReceiverRole::Primary
+                    && let Some((answers, failed)) = fence_start.take()
+                {
+                    let task = FenceTask {
+                        link: self.index,
+                        conn: conn.clone(),
+                        bus: self.bus.clone(),
+                        status: self.status.clone(),
+                        answers,
+                        failed,
+                    };
+                    _fence = Some(AbortOnDrop(tokio::spawn(task.run())));
+                }
             }
             while let Some(plan) = self.sender.poll_transmit(self.now()) {
                 let (records, back) = read_plan(self.log.clone(), cache.take(), plan).await?;
@@ -241,6 +267,9 @@ impl Link {
                     None => bail!("the stream reader ended"),
                 },
                 _ = tokio::time::sleep(wait) => {}
+                e = &mut failed => {
+                    return Err(e.unwrap_or_else(|_| anyhow!("the fencing task ended")));
+                }
             }
             // Take everything already queued before planning again.
             while let Ok(m) = rx.try_recv() {

@@ -20,9 +20,12 @@
 //! Fencing: an `opha_bus::fencing::Arbiter` is fed the reachability of the primaries (a
 //! primary is reachable while its link is streaming); the active primary and the term are
 //! exported as metrics, and the term is persisted in the epoch file before it is exposed, so
-//! a term is never granted twice, also across restarts.
+//! a term is never granted twice, also across restarts. [`fence`] sends the grant to every
+//! connected primary (never to a mirror) and watches their answers: a primary silent for
+//! `bus.failover_after` is unreachable, so failover does not wait for the QUIC idle timeout.
 
 pub mod epochs;
+pub mod fence;
 pub mod link;
 pub mod wire;
 
@@ -30,13 +33,14 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use opha_bus::fencing::Arbiter;
 use opha_common::wire::{PeerId, PeerRole};
 use opha_identity::{ExpectPeer, PeerIdentity, TlsIdentity, Trust};
 use opha_log::Log;
+use tokio::sync::watch;
 
 use super::shared::lock;
 use super::shutdown::Shutdown;
@@ -70,6 +74,12 @@ pub struct LinkStatus {
     pub acks: AtomicU64,
     pub retransmit_timeouts: AtomicU64,
     pub refused: AtomicU64,
+    /// Grants sent (primaries only).
+    pub grants_sent: AtomicU64,
+    /// Links torn down because the primary did not answer grants for `failover_after`.
+    pub fence_timeouts: AtomicU64,
+    /// The primary's last answer said it acts for this poller.
+    pub acting: AtomicBool,
 }
 
 impl LinkStatus {
@@ -88,6 +98,9 @@ impl LinkStatus {
             acks: AtomicU64::new(0),
             retransmit_timeouts: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            grants_sent: AtomicU64::new(0),
+            fence_timeouts: AtomicU64::new(0),
+            acting: AtomicBool::new(false),
         }
     }
 
@@ -110,6 +123,13 @@ pub struct BusStatus {
     /// `links` indexes of the primaries in preference order (the arbiter's order).
     primaries: Vec<usize>,
     fencing: Mutex<Fencing>,
+    /// Bumped whenever a grant may have to change: a new grant, or a primary's answer that
+    /// changed what it has seen or whether it acts. Every [`fence`] task watches it.
+    fence_changes: watch::Sender<u64>,
+    /// `bus.heartbeat`.
+    pub heartbeat: Duration,
+    /// `bus.failover_after`.
+    pub failover_after: Duration,
 }
 
 #[derive(Debug)]
@@ -117,6 +137,8 @@ struct Fencing {
     arbiter: Arbiter,
     table: EpochTable,
     path: PathBuf,
+    /// Per link (indexed like `links`; used for primaries only).
+    views: Vec<fence::View>,
 }
 
 impl BusStatus {
@@ -141,30 +163,47 @@ impl BusStatus {
         let mut f = lock(&self.fencing);
         let before = f.arbiter.clone();
         if let Some(grant) = f.arbiter.observe(p, reachable) {
-            f.table.term = grant.term;
-            let Fencing { table, path, .. } = &*f;
-            if let Err(e) = table.store(path) {
-                // A term that is not durable could be granted again after a restart: keep
-                // the old grant (the next observation tries again).
-                log::error!(
-                    "bus.epoch_file: persisting fencing term {}: {e}",
-                    grant.term
-                );
-                f.arbiter = before;
-                return;
-            }
-            let active = grant
-                .primary
-                .and_then(|i| self.primaries.get(i))
-                .and_then(|&l| self.links.get(l))
-                .map_or("none".to_string(), |l| l.receiver.peer.to_string());
-            log::info!("bus: active primary {active} (term {})", grant.term);
+            self.commit_grant(&mut f, before, grant);
         }
+    }
+
+    /// A primary reported `term` above ours (our persisted term was lost or is older than a
+    /// copy): grant again above it. Blocking, like [`BusStatus::observe`].
+    pub fn observe_term(&self, term: u64) {
+        let mut f = lock(&self.fencing);
+        let before = f.arbiter.clone();
+        if let Some(grant) = f.arbiter.observe_term(term) {
+            log::warn!("bus: a primary has seen fencing term {term}, above ours: granting anew");
+            self.commit_grant(&mut f, before, grant);
+        }
+    }
+
+    /// Persists a new grant's term, then makes it current (tells the fence tasks).
+    fn commit_grant(&self, f: &mut Fencing, before: Arbiter, grant: opha_bus::fencing::Grant) {
+        f.table.term = grant.term;
+        if let Err(e) = f.table.store(&f.path) {
+            // A term that is not durable could be granted again after a restart: keep
+            // the old grant (the next observation tries again).
+            log::error!(
+                "bus.epoch_file: persisting fencing term {}: {e}",
+                grant.term
+            );
+            f.table.term = before.term();
+            f.arbiter = before;
+            return;
+        }
+        let active = grant
+            .primary
+            .and_then(|i| self.primaries.get(i))
+            .and_then(|&l| self.links.get(l))
+            .map_or("none".to_string(), |l| l.receiver.peer.to_string());
+        log::info!("bus: active primary {active} (term {})", grant.term);
+        self.fence_changes.send_modify(|g| *g += 1);
     }
 
     /// Prometheus text for the bus.
     pub fn render(&self, out: &mut String) {
-        let series: [Series; 12] = [
+        let series: [Series; 15] = [
             (
                 "opha_bus_connected",
                 "gauge",
@@ -233,6 +272,24 @@ impl BusStatus {
                 "counter",
                 "Refusals received from the receiver.",
                 |l| get(&l.refused),
+            ),
+            (
+                "opha_bus_grants_sent_total",
+                "counter",
+                "Fencing grants sent (primaries only).",
+                |l| get(&l.grants_sent),
+            ),
+            (
+                "opha_bus_fencing_timeouts_total",
+                "counter",
+                "Links torn down because the primary did not answer grants for bus.failover_after.",
+                |l| get(&l.fence_timeouts),
+            ),
+            (
+                "opha_bus_primary_acting",
+                "gauge",
+                "1 while the primary's last answer said it acts for this poller.",
+                |l| u64::from(l.acting.load(Ordering::Relaxed)),
             ),
         ];
         for (name, kind, help, f) in series {
@@ -387,6 +444,7 @@ pub fn start(
         senders.push((sender, client, name.clone()));
     }
     let primaries = cfg.primary_order();
+    let base = Instant::now();
     let status = Arc::new(BusStatus {
         poller: cfg.poller_id.clone(),
         epoch,
@@ -395,15 +453,20 @@ pub fn start(
             arbiter: Arbiter::new(primaries.len(), table.term),
             table,
             path,
+            // A grant of the previous run may still hold: its lease ends at the latest
+            // `failover_after` after this start.
+            views: vec![fence::View::new(base); links.len()],
         }),
         primaries,
+        fence_changes: watch::channel(0).0,
+        heartbeat: cfg.bus.heartbeat,
+        failover_after: cfg.bus.failover_after,
     });
     log::info!(
         "bus: poller {} epoch {epoch}, {} receivers",
         cfg.poller_id,
         links.len()
     );
-    let base = Instant::now();
     let tasks = senders
         .into_iter()
         .enumerate()
