@@ -9,12 +9,17 @@
 //! - [`Api::handle`]: authentication, routing and parameter parsing of one request, without
 //!   sockets; [`server`] is the thin hyper driver around it.
 //!
+//! - [`home`]: the Home view: the embedded page, `GET /api/v1/summary`, and the live stream
+//!   `GET /api/v1/live` fed by a [`live::LiveHub`] (attach one with [`Api::with_live`]).
+//!
 //! Endpoints, parameters and the configuration are documented in `docs/api.md`.
 
 pub mod access;
 pub mod config;
 pub mod error;
 pub mod handlers;
+pub mod home;
+pub mod live;
 pub mod metrics;
 pub mod params;
 pub mod server;
@@ -91,6 +96,7 @@ pub struct Api {
     tokens: Tokens,
     config: ApiConfig,
     metrics: ApiMetrics,
+    live: Option<Arc<live::LiveHub>>,
 }
 
 impl std::fmt::Debug for Api {
@@ -110,6 +116,7 @@ enum Route<'a> {
     Metrics { vlan: &'a str, addr: &'a str },
     Services,
     Usage { tenant: Option<&'a str> },
+    Summary,
 }
 
 fn route<'a>(segments: &[&'a str]) -> Option<Route<'a>> {
@@ -121,12 +128,13 @@ fn route<'a>(segments: &[&'a str]) -> Option<Route<'a>> {
         ["services"] => Some(Route::Services),
         ["tenants", "usage"] => Some(Route::Usage { tenant: None }),
         ["tenants", t, "usage"] => Some(Route::Usage { tenant: Some(t) }),
+        ["summary"] => Some(Route::Summary),
         _ => None,
     }
 }
 
 const ENDPOINTS: &str = "/api/v1/peers, /api/v1/nodes, /api/v1/nodes/{vlan}/{addr}/metrics, \
-     /api/v1/events, /api/v1/services, /api/v1/tenants/usage, /api/v1/tenants/{id}/usage";
+     /api/v1/events, /api/v1/services, /api/v1/tenants/usage, /api/v1/tenants/{id}/usage, /api/v1/summary, /api/v1/live";
 
 impl Api {
     pub fn new(store: Arc<Store>, config: ApiConfig) -> Result<Api, ConfigError> {
@@ -140,6 +148,32 @@ impl Api {
             tokens,
             config,
             metrics: ApiMetrics::default(),
+            live: None,
+        })
+    }
+
+    /// Attaches the hub the receiver publishes into: `/api/v1/live` streams from it and
+    /// `/api/v1/summary` reads the peers' live stream states from it.
+    pub fn with_live(mut self, hub: Arc<live::LiveHub>) -> Api {
+        self.live = Some(hub);
+        self
+    }
+
+    pub fn live(&self) -> Option<&Arc<live::LiveHub>> {
+        self.live.as_ref()
+    }
+
+    /// Authenticates an `Authorization` header value; a failure is counted and logged
+    /// (`path` for the log line) and is the 401 to answer.
+    pub fn authenticate(
+        &self,
+        authorization: Option<&str>,
+        path: &str,
+    ) -> Result<Principal, ApiError> {
+        self.tokens.authenticate(authorization).map_err(|e| {
+            self.metrics.unauthorized();
+            log::info!("api: 401 on {}: {e}", cut(path));
+            ApiError::new(401, "unauthorized", e.to_string())
         })
     }
 
@@ -186,14 +220,7 @@ impl Api {
                 "no such endpoint; try {ENDPOINTS}"
             )));
         };
-        let principal = self
-            .tokens
-            .authenticate(req.authorization.as_deref())
-            .map_err(|e| {
-                self.metrics.unauthorized();
-                log::info!("api: 401 on {}: {e}", cut(&req.path));
-                ApiError::new(401, "unauthorized", e.to_string())
-            })?;
+        let principal = self.authenticate(req.authorization.as_deref(), &req.path)?;
         if req.body_len > 0 {
             let e = ApiError::bad_param("body", "GET requests carry no body");
             return Err(if req.body_len > self.config.max_body_bytes {
@@ -225,6 +252,7 @@ impl Api {
             Route::Metrics { vlan, addr } => handlers::metrics(&access, vlan, addr, params, limits),
             Route::Services => handlers::services(&access, params),
             Route::Usage { tenant } => handlers::usage(&access, tenant, params),
+            Route::Summary => home::summary(&access, params, self.live.as_deref()),
         }
     }
 }

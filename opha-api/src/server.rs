@@ -1,5 +1,6 @@
 //! The thin hyper 1.x driver: connections, size limits, and [`Api::handle`] on a blocking
-//! thread (SQLite reads block).
+//! thread (SQLite reads block). The Home view's page, assets and live stream are routed
+//! first ([`crate::home::sse::route`]).
 //!
 //! Sizes are refused before anything is parsed: a request target over `max_uri_bytes` is
 //! 414 (hyper itself refuses a head over its 64 KiB buffer), a body over `max_body_bytes`
@@ -54,7 +55,7 @@ pub async fn serve(api: Arc<Api>, listener: TcpListener, shutdown: impl Future<O
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<Incoming>| {
                 let api = api.clone();
-                async move { Ok::<_, Infallible>(respond(&api, req).await) }
+                async move { Ok::<_, Infallible>(crate::home::sse::route(&api, req).await) }
             });
             let mut b = http1::Builder::new();
             b.timer(TokioTimer::new())
