@@ -5,5 +5,6 @@ pub mod checker;
 pub mod netns;
 pub mod packets;
 pub mod pins;
+pub mod pollgen;
 pub mod privilege;
 pub mod wan;
