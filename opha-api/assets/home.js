@@ -259,7 +259,16 @@ if (typeof document !== 'undefined') {
     }
 
     function mergePeer(update) {
-      const p = Object.assign(S.peers.get(update.peer) || { peer: update.peer }, update);
+      const prev = S.peers.get(update.peer);
+      const u = Object.assign({}, update);
+      // A live update lists only the daemons the hub has heard of since it started: merge
+      // by name, so the others keep their last known state instead of going grey.
+      if (u.daemons && prev && prev.daemons) {
+        const byName = new Map(prev.daemons.map((d) => [d.daemon, d]));
+        for (const d of u.daemons) byName.set(d.daemon, d);
+        u.daemons = [...byName.values()];
+      }
+      const p = Object.assign(prev || { peer: update.peer }, u);
       S.peers.set(p.peer, p);
       renderCard(p);
     }
@@ -640,6 +649,10 @@ if (typeof document !== 'undefined') {
       S.token = t;
       for (const c of S.cards.values()) c.remove();
       S.cards.clear(); S.peers.clear(); S.services.clear(); S.events = []; S.eventIds.clear();
+      // Another token may see fewer tenants: the filter offers only the new scope's.
+      const ft = $('f-tenant');
+      while (ft.options.length > 1) ft.remove(ft.options.length - 1);
+      ft.value = '';
       start();
     });
     $('forget').addEventListener('click', () => {

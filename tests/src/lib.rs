@@ -1,6 +1,7 @@
 //! Test harness shared by the integration tests, the lab and the benchmarks: packet builders,
 //! network namespaces, pinned-instance guards and the root check.
 
+pub mod browser;
 pub mod checker;
 pub mod netns;
 pub mod packets;

@@ -22,7 +22,9 @@ const NIGHTLY: &str = "nightly";
 const HOST_COMPONENTS: &[&str] = &["rustfmt", "clippy"];
 /// LLVM 22 and polly: bpf-linker is built against them. iproute2 (ip netns, tc netem), snmpd,
 /// snmp (snmpget, snmpbulkwalk, snmptrap), fping: the test sites and the real polling tools.
-/// tshark: decoding captured packets in tests.
+/// tshark: decoding captured packets in tests. nats-server: the JetStream peer of
+/// `cargo xtask bench bus`, which starts its own server on a free loopback port.
+/// chromium, chromium-driver: the Home view's browser test (headless, driven by chromedriver).
 const DEBIAN_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -31,6 +33,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "snmp",
     "fping",
     "tshark",
+    "nats-server",
+    "chromium",
+    "chromium-driver",
 ];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const BPF_LINKER_FEATURE: &str = "llvm-22";
@@ -76,7 +81,16 @@ pub fn run() -> Result<()> {
 
     let mut changed = rust.install()?;
     changed |= install_packages(&packages)?;
-    changed |= stop_snmpd_service(root)?;
+    changed |= stop_service(
+        root,
+        "snmpd",
+        "the tests start their own snmpd in namespaces",
+    )?;
+    changed |= stop_service(
+        root,
+        "nats-server",
+        "the bus benchmark starts its own nats-server",
+    )?;
     changed |= install_bpf_linker(linker)?;
     if !bpffs {
         mount_bpffs()?;
@@ -362,50 +376,49 @@ fn preseed_tshark() {
     }
 }
 
-/// The tests start their own snmpd inside network namespaces; the Debian package's system
-/// service is not needed, so if the install started it, stop and disable it. Service managers
-/// may be absent (containers): then there is nothing to stop. True when something was changed.
-fn stop_snmpd_service(root: bool) -> Result<bool> {
-    const ITEM: &str = "snmpd service";
+/// The tests start their own snmpd inside network namespaces and the bus benchmark its own
+/// nats-server; the Debian packages' system services are not needed, so if the install
+/// started one, stop and disable it (`why` says why). Service managers may be absent
+/// (containers): then there is nothing to stop. True when something was changed.
+fn stop_service(root: bool, service: &str, why: &str) -> Result<bool> {
+    let item = format!("{service} service");
+    let item = item.as_str();
     let (running, fixes): (bool, Vec<Command>) = if Path::new("/run/systemd/system").exists() {
-        let active = cmd::succeeds("systemctl", ["is-active", "--quiet", "snmpd"]);
-        let enabled = cmd::succeeds("systemctl", ["is-enabled", "--quiet", "snmpd"]);
+        let active = cmd::succeeds("systemctl", ["is-active", "--quiet", service]);
+        let enabled = cmd::succeeds("systemctl", ["is-enabled", "--quiet", service]);
         let mut c = Command::new("systemctl");
-        c.args(["disable", "--now", "snmpd"]);
+        c.args(["disable", "--now", service]);
         (active || enabled, vec![c])
-    } else if Path::new("/etc/init.d/snmpd").exists() && cmd::which("service").is_some() {
-        let running = cmd::succeeds("service", ["snmpd", "status"]);
+    } else if Path::new("/etc/init.d").join(service).exists() && cmd::which("service").is_some() {
+        let running = cmd::succeeds("service", [service, "status"]);
         let mut stop = Command::new("service");
-        stop.args(["snmpd", "stop"]);
+        stop.args([service, "stop"]);
         let mut disable = Command::new("update-rc.d");
-        disable.args(["snmpd", "disable"]);
+        disable.args([service, "disable"]);
         (running, vec![stop, disable])
     } else {
-        ok(ITEM, "no service manager runs it, skipping");
+        ok(item, "no service manager runs it, skipping");
         return Ok(false);
     };
     if !running {
-        ok(
-            ITEM,
-            "not running (the tests start their own snmpd), skipping",
-        );
+        ok(item, &format!("not running ({why}), skipping"));
         return Ok(false);
     }
     let fix_line: Vec<String> = fixes.iter().map(cmd::display).collect();
     if !root {
         println!(
-            "setup: note     {ITEM}: running; the tests do not need it (they start their own \
-             snmpd in namespaces). To stop it, as root: {}",
+            "setup: note     {item}: running; not needed ({why}). To stop it, as root: {}",
             fix_line.join(" && ")
         );
         return Ok(false);
     }
-    println!("setup: stop     {ITEM}: the tests start their own snmpd in namespaces");
+    println!("setup: stop     {item}: {why}");
     for mut c in fixes {
-        // Not fatal: a service that will not stop does not affect the namespaced tests.
+        // Not fatal: a service that will not stop affects neither the namespaced tests nor
+        // the benchmark's own server on its own port.
         if let Err(e) = cmd::run(&mut c) {
             cmd::check_interrupted()?;
-            println!("setup: note     {ITEM}: {e:#}; carrying on");
+            println!("setup: note     {item}: {e:#}; carrying on");
         }
     }
     Ok(true)
