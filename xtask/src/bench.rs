@@ -16,7 +16,8 @@ pub enum Bench {
     Ebpf,
     /// The replay log: durable records/s, append-to-durable p99, ratio to redb.
     Log,
-    /// The message bus (a later issue).
+    /// The message bus: durable records/s (1 and 50 pollers) against NATS JetStream,
+    /// latency, failover, wire bytes, goodput and catch-up over an emulated WAN.
     Bus,
     /// Operations (a later issue).
     Ops,
@@ -67,6 +68,16 @@ pub fn run(names: &[Bench], options: &[String]) -> Result<()> {
             .args(["--bin", BIN]),
     )
     .context("building the benchmarks failed")?;
+    if selected.contains(&Bench::Bus) {
+        // The bus benchmark runs real primaries (`opha-sidecar primary`) of the same profile.
+        println!("==> bench: building opha-sidecar (release), for the bus benchmark");
+        cmd::run(
+            cmd::cargo()
+                .args(["build", "--release", "--package", "opha-sidecar"])
+                .args(["--bin", "opha-sidecar"]),
+        )
+        .context("building opha-sidecar failed")?;
+    }
 
     let mut outcomes = Vec::new();
     for bench in selected {

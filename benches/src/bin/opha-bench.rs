@@ -7,7 +7,7 @@ use opha_benches::ebpf;
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((name, rest)) = args.split_first() else {
-        eprintln!("usage: opha-bench NAME [OPTIONS]; benchmarks: ebpf, log");
+        eprintln!("usage: opha-bench NAME [OPTIONS]; benchmarks: ebpf, log, bus");
         return ExitCode::from(2);
     };
     match name.as_str() {
@@ -30,6 +30,13 @@ fn main() -> ExitCode {
             Ok(_) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("opha-bench log: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        "bus" => match opha_benches::bus::run(rest) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("opha-bench bus: {e:#}");
                 ExitCode::FAILURE
             }
         },
