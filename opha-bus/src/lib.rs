@@ -13,6 +13,7 @@
 //! - [`fencing`]: which primary is active for a poller, with a term that fences the others.
 //! - [`fetch`]: gap fetch between receivers (a returning primary asks the mirror or another
 //!   primary for what the poller's log no longer holds).
+//! - [`config_push`]: the active primary's config pushes to a poller, and its answers.
 //!
 //! # Sequence numbers and epochs
 //!
@@ -23,6 +24,7 @@
 //! starts again from 0 still produces fresh keys under its new epoch.
 
 pub mod compress;
+pub mod config_push;
 pub mod fencing;
 pub mod fetch;
 pub mod message;

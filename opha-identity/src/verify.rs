@@ -493,6 +493,10 @@ pub enum StreamKind {
     Catchup,
     /// The active primary pushing configuration to a poller (or the mirror standing in).
     ConfigPush,
+    /// A promoted mirror's own record stream to a primary, in place of its poller. Which
+    /// poller a mirror may stand in for is the receiver's registry's business (`[[poller]]
+    /// mirror = ...`), not the certificate's.
+    MirrorRecords,
 }
 
 impl StreamKind {
@@ -503,6 +507,7 @@ impl StreamKind {
             StreamKind::PollerRecords => (&[Poller], &[Primary, Mirror]),
             StreamKind::Catchup => (&[Primary], &[Primary, Mirror]),
             StreamKind::ConfigPush => (&[Primary], &[Poller, Mirror]),
+            StreamKind::MirrorRecords => (&[Mirror], &[Primary]),
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod ingest;
 pub mod inventory;
 pub mod loader;
 pub mod logdump;
+pub mod mirror;
 pub mod poller;
 pub mod receiver;
 pub mod ring;

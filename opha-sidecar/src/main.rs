@@ -47,6 +47,31 @@ enum Command {
     /// Create a CA and issue peer certificates.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// The primary's HTTP API: bearer tokens.
+    #[command(subcommand)]
+    Api(ApiCommand),
+}
+
+#[derive(Subcommand)]
+enum ApiCommand {
+    /// Bearer tokens of the API and Home view.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Mint a token: prints it once, and the `[[api.token]]` block (its hash) to paste into the
+    /// primary's config.
+    Mint {
+        /// Who the token is for (shown in logs, never the token); unique among the tokens.
+        #[arg(long)]
+        name: String,
+        /// A tenant token that sees only this tenant; without it, an operator token (every
+        /// tenant).
+        #[arg(long)]
+        tenant: Option<u32>,
+    },
 }
 
 #[derive(Args)]
@@ -227,6 +252,9 @@ fn main() -> ExitCode {
         Command::Primary(a) => receiver::run(&a.config, ReceiverRole::Primary, a.check),
         Command::Mirror(a) => receiver::run(&a.config, ReceiverRole::Mirror, a.check),
         Command::Certs(c) => run_certs(c),
+        Command::Api(ApiCommand::Token(TokenCommand::Mint { name, tenant })) => {
+            mint_token(&name, tenant)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -277,6 +305,24 @@ fn dump_log(dir: std::path::PathBuf, from: u64, json: bool) -> anyhow::Result<()
             summary.damaged_segments
         );
     }
+    Ok(())
+}
+
+fn mint_token(name: &str, tenant: Option<u32>) -> anyhow::Result<()> {
+    if tenant == Some(0) {
+        anyhow::bail!("--tenant 0: tenant 0 is reserved (the receiver's own reports)");
+    }
+    let minted = opha_api::mint(name, tenant.map(opha_common::wire::TenantId))
+        .map_err(|e| anyhow::anyhow!("--name {name:?}: {}", e.message))?;
+    let who = match tenant {
+        Some(t) => format!("tenant {t}"),
+        None => "operator, every tenant".to_string(),
+    };
+    println!("# token {name:?} ({who}): shown only now; the primary keeps only its hash");
+    println!("{}", minted.token);
+    println!();
+    println!("# add to the primary's config file (after [api]), then restart it:");
+    print!("{}", minted.to_toml());
     Ok(())
 }
 

@@ -221,6 +221,37 @@ fn late_sweeps_after_recovery_do_not_flap() {
 }
 
 #[test]
+fn back_by_another_class_while_the_primary_is_still_being_swept_does_not_flap() {
+    // SNMP answers first after an outage while ICMP (the primary class) is still down with
+    // requests lost in the outage being swept rounds later: one NodeUp, never a second
+    // NodeDown from the primary's stale state (seen in the real pipeline under load).
+    let mut s = site(AggConfig {
+        poll_timeout_ms: 25_000,
+        ..cfg()
+    });
+    let n = node(8);
+    s.rounds(3, &[p(n, Icmp, OK), p(n, Snmp, OK)]);
+    let down = s.rounds(6, &[p(n, Icmp, LOST), p(n, Icmp, LOST), p(n, Snmp, LOST)]);
+    assert_eq!(kinds(&down), vec![EventKind::NodeDown]);
+    // SNMP back (two answers: up), ICMP still lost this round, one SNMP request lost too.
+    let back = s.round(&[
+        p(n, Icmp, LOST),
+        p(n, Snmp, LOST),
+        p(n, Snmp, OK),
+        p(n, Snmp, OK),
+    ]);
+    assert_eq!(kinds(&back.events), vec![EventKind::NodeUp]);
+    // ICMP answers again from the next round on; the outage's losses are swept meanwhile.
+    let after = s.rounds(6, &[p(n, Icmp, OK), p(n, Snmp, OK)]);
+    assert!(after.is_empty(), "flapped: {:?}", kinds(&after));
+    assert_eq!(
+        kinds(&s.events),
+        vec![EventKind::NodeDown, EventKind::NodeUp]
+    );
+    assert_eq!(s.agg.node(&n).unwrap().health, NodeHealth::Up);
+}
+
+#[test]
 fn degraded_snmp_down_while_icmp_answers() {
     let mut s = site(cfg());
     let n = node(10);

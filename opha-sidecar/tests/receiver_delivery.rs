@@ -127,7 +127,8 @@ async fn unregistered_poller_and_client_without_certificate_are_refused() {
     let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
     assert_eq!(rx.shared.metrics.rejects("unregistered"), 1);
 
-    // Another receiver may not open a record stream.
+    // A mirror may stream records only in place of the poller it is paired with
+    // (`[[poller]] mirror = ...`); this one is paired with none.
     let own = pki.issue("mirror-1", PeerRole::Mirror, &[1]);
     let (ep, cfg) = client_endpoint(&pki, &own);
     let conn = ep
@@ -136,6 +137,7 @@ async fn unregistered_poller_and_client_without_certificate_are_refused() {
         .await
         .unwrap();
     let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
-    assert_eq!(rx.shared.metrics.rejects("wrong_role"), 1);
+    assert_eq!(rx.shared.metrics.rejects("unregistered"), 2);
+    assert_eq!(rx.shared.metrics.rejects("wrong_role"), 0);
     rx.shutdown().await;
 }

@@ -176,6 +176,17 @@ impl Hysteresis {
         self.silent.restart(now_ns, requests);
     }
 
+    /// Keeps the state but forgets failures of requests sent up to `mark_ns`: used for the
+    /// class that brought a node back, whose requests lost in the outage are still being
+    /// swept (re-arming it would drop the very evidence that the node is up).
+    pub(crate) fn forgive(&mut self, now_ns: u64, mark_ns: u64, requests: u64) {
+        self.fail_streak = 0;
+        self.timeout_fails = 0;
+        self.fail_since_ns = 0;
+        self.clear_ns = self.clear_ns.max(mark_ns);
+        self.silent.restart(now_ns, requests);
+    }
+
     /// Requests known from counters are still waiting to age past the timeout.
     pub(crate) fn has_pending(&self) -> bool {
         !self.silent.pending.is_empty()

@@ -287,6 +287,12 @@ impl Aggregator {
         &self.config
     }
 
+    /// New settings from the next poll on (config push). The open interval closes when the
+    /// new length has passed since its start; thresholds apply from the next judgement.
+    pub fn set_config(&mut self, config: AggConfig) {
+        self.config = config;
+    }
+
     /// The state to persist (see the module docs).
     pub fn state(&self) -> &AggState {
         &self.state
@@ -732,7 +738,11 @@ fn evaluate_node(node: &mut NodeState, swept: &[SweptRec], scratch: &Scratch, ct
         };
         let details = format!("{} answers again", class_name(by));
         ctx.emit(node, EventKind::NodeUp, Severity::Info, details);
-        // Re-learn everything that is not plainly up, from the moment the node is known back.
+        // Re-learn everything that is not plainly up, from the moment the node is known back:
+        // also the primary class when another class brought the node up, or its stale Down
+        // would take the node down again at the next tick. The class that brought it up keeps
+        // its state but forgets failures of requests lost in the outage (still being swept),
+        // or they would raise SnmpDown (or NodeDown) right after the recovery.
         let mark = node
             .classes
             .iter()
@@ -742,7 +752,9 @@ fn evaluate_node(node: &mut NodeState, swept: &[SweptRec], scratch: &Scratch, ct
             .max(prev_ns);
         for (c, cs) in node.classes.iter_mut().enumerate() {
             let h = &cs.health;
-            if c != p && !(h.state == Health::Up && h.fail_streak == 0) {
+            if c == by {
+                cs.health.forgive(now, mark, cs.requests_total);
+            } else if !(h.state == Health::Up && h.fail_streak == 0) {
                 cs.health.rearm(now, mark, cs.requests_total);
             }
         }

@@ -29,6 +29,7 @@ use crate::{
 };
 
 pub mod bus;
+pub mod push;
 pub mod receiver;
 pub mod units;
 mod validate;

@@ -41,6 +41,14 @@
 //!
 //! [metrics]
 //! listen = "127.0.0.1:9731"      # or "off"
+//!
+//! [api]                          # the HTTP API and Home view; no table: not served
+//! listen = "127.0.0.1:8080"      # or "off"
+//! max_page = 1000                # and the other opha_api::ApiConfig limits
+//! [[api.token]]                  # `opha-sidecar api token mint` prints these blocks
+//! name = "noc"
+//! role = "operator"
+//! sha256 = "..."
 //! ```
 //!
 //! A poller not in the registry is refused. A record is accepted only for a tenant listed both
@@ -65,6 +73,9 @@ pub const DEFAULT_RECEIVER_LISTEN: SocketAddr =
 /// Default Prometheus address of a receiver (loopback: metrics are for the local scraper).
 pub const DEFAULT_RECEIVER_METRICS: SocketAddr =
     SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9731);
+/// Default address of the HTTP API and Home view when an `[api]` table is present (loopback:
+/// put a TLS-terminating proxy in front to serve it further).
+pub const DEFAULT_API_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080);
 
 /// The role a receiver runs in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,6 +126,12 @@ pub struct ReceiverFileConfig {
     pub peers: Vec<PeerEntry>,
     #[serde(default)]
     pub metrics: ReceiverMetricsConfig,
+    /// `[api]`: the HTTP API and Home view; absent: not served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<ReceiverApiConfig>,
+    /// `[mirror]` (mirrors only): the paired poller and the promotion settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<crate::mirror::config::MirrorSection>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -171,6 +188,10 @@ fn default_retention_every() -> Duration {
 pub struct PollerEntry {
     pub id: PeerId,
     pub tenants: Vec<u32>,
+    /// The poller's mirror: while promoted it streams its own records for these tenants
+    /// (docs/mirror.md). A mirror not named here is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<PeerId>,
 }
 
 /// `[[peer]]`: another receiver (the poller's mirror, another primary) that a primary asks
@@ -197,6 +218,51 @@ impl Default for ReceiverMetricsConfig {
     fn default() -> Self {
         Self {
             listen: Some(DEFAULT_RECEIVER_METRICS),
+        }
+    }
+}
+
+/// `[api]`: where the HTTP API and Home view are served, their limits and bearer tokens (the
+/// keys of [`opha_api::ApiConfig`], see docs/api.md). Primaries and mirrors both serve it when
+/// the table is present; a mirror's shows what the mirror holds (its poller's records).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReceiverApiConfig {
+    /// TCP address of the API and page; "off" keeps the table (tokens) but serves nothing.
+    #[serde(with = "units::listen")]
+    pub listen: Option<SocketAddr>,
+    pub max_body_bytes: usize,
+    pub max_uri_bytes: usize,
+    pub max_page: usize,
+    pub max_params: usize,
+    /// `[[api.token]]`: SHA-256 of each bearer token, with its role (and tenant).
+    #[serde(rename = "token", skip_serializing_if = "Vec::is_empty")]
+    pub tokens: Vec<opha_api::TokenEntry>,
+}
+
+impl Default for ReceiverApiConfig {
+    fn default() -> Self {
+        let d = opha_api::ApiConfig::default();
+        Self {
+            listen: Some(DEFAULT_API_LISTEN),
+            max_body_bytes: d.max_body_bytes,
+            max_uri_bytes: d.max_uri_bytes,
+            max_page: d.max_page,
+            max_params: d.max_params,
+            tokens: d.tokens,
+        }
+    }
+}
+
+impl ReceiverApiConfig {
+    /// The API crate's configuration.
+    pub fn api_config(&self) -> opha_api::ApiConfig {
+        opha_api::ApiConfig {
+            max_body_bytes: self.max_body_bytes,
+            max_uri_bytes: self.max_uri_bytes,
+            max_page: self.max_page,
+            max_params: self.max_params,
+            tokens: self.tokens.clone(),
         }
     }
 }
@@ -281,6 +347,9 @@ impl ReceiverFileConfig {
         self.tls.key = abs(&self.tls.key);
         self.tls.ca = abs(&self.tls.ca);
         self.store.dir = abs(&self.store.dir);
+        if let Some(m) = &mut self.mirror {
+            m.resolve(base_dir);
+        }
     }
 
     /// Rules across keys; empty when the config is good.
@@ -303,10 +372,31 @@ impl ReceiverFileConfig {
         if self.metrics.listen.is_some_and(|m| m.port() == 0) {
             p.push(Problem::new("metrics.listen", "port 0 is not allowed"));
         }
+        if let Some(api) = &self.api {
+            if api.listen.is_some_and(|a| a.port() == 0) {
+                p.push(Problem::new("api.listen", "port 0 is not allowed"));
+            }
+            if api.listen.is_some() && api.listen == self.metrics.listen {
+                p.push(Problem::new(
+                    "api.listen",
+                    "is metrics.listen too: give each its own port",
+                ));
+            }
+            // Limits and every token entry; the error names its key (`api.token[1].tenant`).
+            if let Err(e) = api.api_config().check() {
+                p.push(Problem::new(e.key, e.message));
+            }
+        }
         if self.store.retention_every.is_zero() {
             p.push(Problem::new("store.retention_every", "must be above 0"));
         }
         self.validate_peers(&mut p);
+        if let Some(m) = &self.mirror {
+            if self.role != ReceiverRole::Mirror {
+                p.push(Problem::new("mirror", "only a mirror has a [mirror] table"));
+            }
+            m.validate(self.pollers.iter().any(|e| e.id == m.poller), &mut p);
+        }
         let mut seen = BTreeSet::new();
         for (i, entry) in self.pollers.iter().enumerate() {
             if !seen.insert(entry.id.clone()) {
@@ -320,6 +410,26 @@ impl ReceiverFileConfig {
                     format!("poller[{i}].id"),
                     "is this receiver's own peer id",
                 ));
+            }
+            if let Some(mirror) = &entry.mirror {
+                let clash = self.pollers.iter().any(|e| e.id == *mirror)
+                    || self
+                        .pollers
+                        .iter()
+                        .take(i)
+                        .any(|e| e.mirror.as_ref() == Some(mirror));
+                if clash {
+                    p.push(Problem::new(
+                        format!("poller[{i}].mirror"),
+                        format!("{mirror} is a poller or another poller's mirror"),
+                    ));
+                }
+                if *mirror == self.peer_id && self.role == ReceiverRole::Primary {
+                    p.push(Problem::new(
+                        format!("poller[{i}].mirror"),
+                        "is this primary's own peer id",
+                    ));
+                }
             }
             if entry.tenants.is_empty() {
                 p.push(Problem::new(
@@ -392,17 +502,18 @@ impl ReceiverFileConfig {
         }
     }
 
-    /// The tenant registry: poller -> tenants it may send for.
+    /// The tenant registry: poller -> tenants it may send for; a poller's mirror (other than
+    /// this receiver) -> the same tenants (the connection's role check tells them apart).
     pub fn registry(&self) -> BTreeMap<PeerId, BTreeSet<TenantId>> {
-        self.pollers
-            .iter()
-            .map(|e| {
-                (
-                    e.id.clone(),
-                    e.tenants.iter().map(|&t| TenantId(t)).collect(),
-                )
-            })
-            .collect()
+        let mut m = BTreeMap::new();
+        for e in &self.pollers {
+            let tenants: BTreeSet<TenantId> = e.tenants.iter().map(|&t| TenantId(t)).collect();
+            if let Some(mirror) = e.mirror.as_ref().filter(|m| **m != self.peer_id) {
+                m.insert(mirror.clone(), tenants.clone());
+            }
+            m.insert(e.id.clone(), tenants);
+        }
+        m
     }
 
     /// The store's settings.

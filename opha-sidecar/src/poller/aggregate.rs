@@ -32,6 +32,9 @@ use crate::{
     inventory::Inventory,
 };
 
+/// How often a waiting aggregate task looks for a config push.
+pub const CONFIG_POLL: Duration = Duration::from_millis(20);
+
 /// Settings of the aggregate task.
 #[derive(Clone, Copy, Debug)]
 pub struct AggregateSettings {
@@ -143,6 +146,8 @@ pub struct AggregateTask<K: KernelSource> {
     out: Output,
     backoff: Backoff,
     read_backoff: Backoff,
+    /// Config pushes to apply between ticks ([`super::config_apply`]).
+    config_rx: Option<std::sync::mpsc::Receiver<super::config_apply::ApplyRequest>>,
 }
 
 impl<K: KernelSource> AggregateTask<K> {
@@ -195,7 +200,56 @@ impl<K: KernelSource> AggregateTask<K> {
             out: Output::default(),
             backoff: Backoff::new("aggregate -> replay log"),
             read_backoff: Backoff::new("aggregate: reading the kernel maps"),
+            config_rx: None,
         }
+    }
+
+    /// Takes config pushes from `rx`: applied between ticks, looked at every
+    /// [`CONFIG_POLL`] while the task waits.
+    pub fn with_config_updates(
+        mut self,
+        rx: std::sync::mpsc::Receiver<super::config_apply::ApplyRequest>,
+    ) -> Self {
+        self.config_rx = Some(rx);
+        self
+    }
+
+    /// Waits `d` (applying config pushes meanwhile); `true` once stopped.
+    fn wait(&mut self, stop: &Shutdown, d: Duration) -> bool {
+        if self.config_rx.is_none() {
+            return stop.sleep(d);
+        }
+        let until = Instant::now() + d;
+        loop {
+            while let Some(req) = self.config_rx.as_ref().and_then(|rx| rx.try_recv().ok()) {
+                self.apply_config(req);
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return stop.is_stopped();
+            }
+            if stop.sleep(left.min(CONFIG_POLL)) {
+                return true;
+            }
+        }
+    }
+
+    /// One config push: kernel maps (all or nothing), then the aggregator's settings.
+    fn apply_config(&mut self, req: super::config_apply::ApplyRequest) {
+        if !req.take() {
+            return;
+        }
+        let r = super::config_apply::apply_kernel(&mut self.source, &req.plan, &req.undo);
+        if r.is_ok() {
+            if let Some(c) = &req.plan.aggregate {
+                self.agg.set_config(c.clone());
+            }
+            if let Some((sweep, poll_timeout)) = req.plan.sweep {
+                self.settings.sweep = sweep;
+                self.settings.poll_timeout = poll_timeout;
+            }
+        }
+        req.reply(r);
     }
 
     pub fn aggregator(&self) -> &Aggregator {
@@ -227,7 +281,7 @@ impl<K: KernelSource> AggregateTask<K> {
                     d
                 }
             };
-            if stop.sleep(wait) {
+            if self.wait(stop, wait) {
                 break;
             }
         }

@@ -49,6 +49,8 @@ pub struct HeartbeatTask {
     next_check_ms: u64,
     started_mono_ns: u64,
     backoff: Backoff,
+    /// A pushed config to take at the next round ([`super::config_apply`]).
+    updates: Option<Arc<std::sync::Mutex<Option<crate::config::PollerConfig>>>>,
 }
 
 impl HeartbeatTask {
@@ -72,7 +74,45 @@ impl HeartbeatTask {
             next_check_ms: now,
             started_mono_ns: monotonic_ns(),
             backoff: Backoff::new("heartbeat -> replay log"),
+            updates: None,
         }
+    }
+
+    /// Takes pushed configs from `slot` at the start of each round.
+    pub fn with_config_updates(
+        mut self,
+        slot: Arc<std::sync::Mutex<Option<crate::config::PollerConfig>>>,
+    ) -> Self {
+        self.updates = Some(slot);
+        self
+    }
+
+    /// A pushed config: daemons (checked anew: a changed list starts from unknown states),
+    /// daemon health settings, heartbeat, region.
+    fn take_update(&mut self) {
+        let Some(cfg) = self.updates.as_ref().and_then(|s| lock(s).take()) else {
+            return;
+        };
+        let now = self.clock.wall_ms();
+        let specs = cfg.daemon_specs();
+        if specs != self.monitor.specs() {
+            self.monitor = DaemonMonitor::new(
+                specs,
+                cfg.daemon_health.proc_root.clone(),
+                cfg.tracker_config(),
+                cfg.poller_id.clone(),
+                super::durable::random_u64(),
+                now,
+            );
+            self.next_check_ms = now;
+        }
+        self.builder = PeerStatusBuilder::poller(cfg.poller_id.clone(), cfg.region.clone());
+        if cfg.intervals.heartbeat != self.settings.heartbeat {
+            let every = u64::try_from(cfg.intervals.heartbeat.as_millis()).unwrap_or(u64::MAX);
+            self.beat = Heartbeat::new(every, now);
+        }
+        self.settings.heartbeat = cfg.intervals.heartbeat;
+        self.settings.daemon_interval = cfg.daemon_health.interval;
     }
 
     /// Queues a record to go out with the next flush (e.g. the recovery event at start).
@@ -105,6 +145,7 @@ impl HeartbeatTask {
 
     /// One round; returns how long to wait before the next.
     pub fn tick(&mut self) -> Duration {
+        self.take_update();
         let now = self.clock.wall_ms();
         if now >= self.next_check_ms {
             self.monitor.check(now);

@@ -88,6 +88,7 @@
 pub mod aggregate;
 pub mod bus;
 pub mod checkpoint;
+pub mod config_apply;
 pub mod durable;
 pub mod heartbeat;
 pub mod metrics;

@@ -219,6 +219,8 @@ pub struct PipelineParts<K, R> {
 /// The running pipeline.
 pub struct Pipeline {
     shared: Arc<Shared>,
+    /// The running config and its pushed version ([`super::config_apply`]).
+    live: Arc<super::config_apply::LiveConfig>,
     stop: Shutdown,
     threads: Vec<(&'static str, JoinHandle<()>)>,
     servers: Vec<(&'static str, tokio::task::JoinHandle<()>)>,
@@ -249,7 +251,20 @@ impl Pipeline {
         let cfg = parts.config;
         let shared = Arc::new(Shared::new(cfg.poller_id.clone(), parts.log.clone()));
         let stop = Shutdown::new();
+        // Config pushes reach the aggregate task (kernel maps, aggregator) and the heartbeat.
+        let (config_tx, config_rx) = std::sync::mpsc::channel();
+        let heartbeat_slot = Arc::new(std::sync::Mutex::new(None));
+        let live = Arc::new(super::config_apply::LiveConfig::new(
+            cfg.clone(),
+            super::config_apply::running_version(&cfg),
+            super::config_apply::pushed_path(&cfg),
+            Box::new(super::config_apply::PipelineTarget {
+                aggregate: config_tx,
+                heartbeat: heartbeat_slot.clone(),
+            }),
+        ));
         let mut pipeline = Self {
+            live: live.clone(),
             shared: shared.clone(),
             stop: stop.clone(),
             threads: Vec::new(),
@@ -259,6 +274,7 @@ impl Pipeline {
 
         // The bus before any task appends: its epoch is bumped and persisted first.
         if let Some(bus) = super::bus::start(&cfg, parts.log.clone(), stop.clone(), rt)? {
+            let _ = bus.status.config.set(live.clone());
             let _ = shared.bus.set(bus.status.clone());
             pipeline
                 .servers
@@ -286,7 +302,8 @@ impl Pipeline {
                 max_queue: 10_000,
                 thin_keep_every: cfg.log.thin_keep_every,
             },
-        );
+        )
+        .with_config_updates(heartbeat_slot);
         if let Some(ev) = recovery_event(parts.log.recovery(), &shared) {
             hb.enqueue(Record::Event(ev));
         }
@@ -306,7 +323,8 @@ impl Pipeline {
             cfg.log_dir(),
             parts.clock.clone(),
             AggregateSettings::new(cfg.intervals.sweep, cfg.intervals.poll_timeout),
-        );
+        )
+        .with_config_updates(config_rx);
         let s = stop.clone();
         pipeline
             .threads
@@ -366,6 +384,11 @@ impl Pipeline {
         &self.shared
     }
 
+    /// The running config and its pushed version.
+    pub fn live_config(&self) -> &Arc<super::config_apply::LiveConfig> {
+        &self.live
+    }
+
     /// A handle that stops the pipeline (e.g. from a signal handler).
     pub fn stop_handle(&self) -> Shutdown {
         self.stop.clone()
@@ -404,6 +427,8 @@ impl Pipeline {
 /// `opha-sidecar poller --config FILE [--check]`.
 pub fn run(path: &Path, check_only: bool) -> anyhow::Result<()> {
     let cfg = PollerConfig::load(path)?;
+    // The last pushed config's live keys over the local file (docs/configuration.md).
+    let (cfg, _version) = super::config_apply::effective_config(cfg)?;
     let inventory = load_inventory(&cfg)?;
     if check_only {
         let text = cfg

@@ -5,10 +5,11 @@
 use opha_common::{
     inflight::InflightKey,
     node::{NodeCounters, NodeKey},
+    ports::PortConfig,
 };
 
 use crate::{
-    loader::{DataPlane, GlobalStats},
+    loader::{DataPlane, GlobalStats, MonitoredPrefix},
     ring::{RingItem, RingReader},
 };
 
@@ -21,6 +22,22 @@ pub trait KernelSource: Send {
     fn nodes(&mut self) -> Result<Vec<(NodeKey, NodeCounters)>, String>;
     /// Global statistics.
     fn stats(&mut self) -> Result<GlobalStats, String>;
+
+    // Live configuration (config push, [`super::config_apply`]): the maps are updated in
+    // place, the programs stay attached. A source that cannot be configured refuses.
+
+    /// New contents of the monitored prefix (LPM) map.
+    fn set_prefixes(&mut self, _prefixes: &[MonitoredPrefix]) -> Result<(), String> {
+        Err("this kernel source cannot be configured live".into())
+    }
+    /// New port configuration.
+    fn set_ports(&mut self, _ports: PortConfig) -> Result<(), String> {
+        Err("this kernel source cannot be configured live".into())
+    }
+    /// New TCP check ports.
+    fn set_tcp_ports(&mut self, _ports: &[u16]) -> Result<(), String> {
+        Err("this kernel source cannot be configured live".into())
+    }
 }
 
 impl KernelSource for DataPlane {
@@ -38,6 +55,18 @@ impl KernelSource for DataPlane {
 
     fn stats(&mut self) -> Result<GlobalStats, String> {
         DataPlane::stats(self).map_err(|e| e.to_string())
+    }
+
+    fn set_prefixes(&mut self, prefixes: &[MonitoredPrefix]) -> Result<(), String> {
+        DataPlane::set_prefixes(self, prefixes).map_err(|e| e.to_string())
+    }
+
+    fn set_ports(&mut self, ports: PortConfig) -> Result<(), String> {
+        DataPlane::set_ports(self, ports).map_err(|e| e.to_string())
+    }
+
+    fn set_tcp_ports(&mut self, ports: &[u16]) -> Result<(), String> {
+        DataPlane::set_tcp_ports(self, ports).map_err(|e| e.to_string())
     }
 }
 

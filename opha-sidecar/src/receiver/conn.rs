@@ -37,10 +37,13 @@ pub async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming) {
         super::catchup::serve(shared, conn, id).await;
         return;
     }
-    if let Err(e) = shared
-        .trust
-        .authorize_stream(shared.role, &id, StreamKind::PollerRecords)
-    {
+    // A promoted mirror streams its own records in its poller's place (docs/mirror.md).
+    let kind = if id.role == PeerRole::Mirror {
+        StreamKind::MirrorRecords
+    } else {
+        StreamKind::PollerRecords
+    };
+    if let Err(e) = shared.trust.authorize_stream(shared.role, &id, kind) {
         log::warn!("{e}");
         shared.metrics.reject("wrong_role", 1);
         conn.close(CLOSE_REFUSED, b"only pollers may send records");
@@ -68,6 +71,7 @@ pub async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming) {
         if let Err(e) = session(&shared, &conn, &id, &allowed).await {
             log::info!("poller {}: connection ended: {e:#}", id.peer_id);
         }
+        super::live::disconnected(&shared, &id.peer_id, &conn);
         // Before a newer connection of the poller may start: it acts only on its own grants.
         shared.fencing.disconnected(&id.peer_id);
     }
@@ -125,6 +129,8 @@ async fn session(
 ) -> anyhow::Result<()> {
     let frame = shared.bus.frame;
     let (mut send, mut recv) = conn.accept_bi().await?;
+    // The poller's next bidirectional stream is its config stream (primaries push on it).
+    let _config = super::config_push::spawn(shared, conn, &id.peer_id);
     let Some(first) = read_frame(&mut recv, &frame).await? else {
         return Ok(());
     };
@@ -197,7 +203,11 @@ async fn session(
     if !rx.is_closed() {
         super::gap::after_handshake(shared, &poller, &gap_hello, rx.state(), allowed);
     }
-    update_lag(shared, &poller, &rx, current_epoch, *ctx.head);
+    let mut link = super::live::Link::default();
+    let lag = update_lag(shared, &poller, &rx, current_epoch, *ctx.head);
+    if !rx.is_closed() {
+        link.update(shared, &poller, lag);
+    }
 
     let result: anyhow::Result<()> = loop {
         tokio::select! {
@@ -243,10 +253,12 @@ async fn session(
             d = done.recv() => match d {
                 Some(d) => {
                     let out = settle(shared, &mut rx, d);
+                    // Before the ack goes out: whoever sees the ack sees the state too.
+                    let lag = update_lag(shared, &poller, &rx, current_epoch, *ctx.head);
+                    link.update(shared, &poller, lag);
                     if let Err(e) = ctx.apply(out).await {
                         break Err(e);
                     }
-                    update_lag(shared, &poller, &rx, current_epoch, *ctx.head);
                 }
                 None => break Err(anyhow::anyhow!("commit worker stopped")),
             },
@@ -306,15 +318,16 @@ fn received(rx: &Receiver) -> u64 {
     rx.stats().records_new + rx.stats().duplicates
 }
 
-fn update_lag(shared: &Shared, poller: &PeerId, rx: &Receiver, epoch: u64, head: u64) {
+/// Sets and returns the poller's lag.
+fn update_lag(shared: &Shared, poller: &PeerId, rx: &Receiver, epoch: u64, head: u64) -> u64 {
     let durable = rx
         .state()
         .epochs
         .get(&epoch)
         .map_or(0, |e| e.held.contiguous_end(e.start));
-    shared
-        .metrics
-        .set_lag(poller.as_str(), head.saturating_sub(durable));
+    let lag = head.saturating_sub(durable);
+    shared.metrics.set_lag(poller.as_str(), lag);
+    lag
 }
 
 /// A commit result into the bus receiver.
@@ -495,7 +508,9 @@ async fn commit_worker(
 fn commit(shared: &Shared, poller: &PeerId, job: Job) -> Result<(u64, u64), String> {
     // Submit every scope first so their commits overlap, then wait for all.
     let mut tickets = Vec::new();
+    let mut live = super::live::Pending::new(shared.live.as_deref());
     for (scope, records) in job.parts {
+        live.collect(&records);
         let c = shared.committer(scope).map_err(|e| e.to_string())?;
         tickets.push(c.submit(poller.clone(), job.epoch, records));
     }
@@ -513,6 +528,7 @@ fn commit(shared: &Shared, poller: &PeerId, job: Job) -> Result<(u64, u64), Stri
     if let Some(e) = failed {
         return Err(e);
     }
+    live.publish(poller, job.epoch, dups == 0);
     if !job.refused.is_empty() {
         let details = job
             .refused

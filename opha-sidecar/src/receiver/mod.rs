@@ -42,9 +42,11 @@
 //! (`tenant-0.sqlite3`), which no poller may send for (the registry refuses tenant 0).
 
 pub mod catchup;
+pub mod config_push;
 pub mod conn;
 pub mod fencing;
 pub mod gap;
+pub mod live;
 pub mod metrics;
 pub mod stream;
 
@@ -82,6 +84,12 @@ pub struct Shared {
     pub fencing: fencing::Fencing,
     /// Gap fetches from `[[peer]]` receivers ([`gap`]).
     pub gaps: gap::GapFetcher,
+    /// Desired poller configs and their push status ([`config_push`]).
+    pub configs: config_push::ConfigPushes,
+    /// The Home view's live hub, when `[api]` serves ([`live`] feeds it).
+    pub live: Option<Arc<opha_api::live::LiveHub>>,
+    /// The HTTP API, when `[api]` serves (its counters go into `/metrics`).
+    pub api: Option<Arc<opha_api::Api>>,
     committers: Mutex<HashMap<Scope, Arc<Committer>>>,
     sessions: Mutex<HashMap<PeerId, Session>>,
     reports: Mutex<ReportStream>,
@@ -185,11 +193,40 @@ impl Shared {
     pub fn render_metrics(&self) -> String {
         let mut o = self.metrics.render(self.trust.counters());
         metrics::render_fencing(&mut o, &self.fencing.snapshot());
+        self.configs.render(&mut o);
+        if let Some(api) = &self.api {
+            o.push_str(&api.metrics().render());
+        }
+        if let Some(hub) = &self.live {
+            o.push_str(&hub.render());
+        }
         o
     }
 
     /// The term this primary acts with as the active primary of `poller`, if it does now (the
     /// config push stamps its actions with it; the poller accepts only the current term).
+    /// Validates and stores `toml_text` as `poller`'s config (errors name the key); returns
+    /// its version. Pushed when this primary acts for the poller ([`config_push`]).
+    /// Blocking (fsync): call from a blocking thread.
+    pub fn push_config(
+        &self,
+        poller: &PeerId,
+        toml_text: &str,
+    ) -> Result<u64, crate::config::push::ValidationError> {
+        if !self.registry.contains_key(poller) {
+            return Err(crate::config::push::ValidationError::one(
+                "poller",
+                format!("{poller} is not in the [[poller]] registry"),
+            ));
+        }
+        self.configs.set(poller, toml_text)
+    }
+
+    /// The page's config view of `poller`: desired, running, pending, last failure.
+    pub fn config_status(&self, poller: &PeerId) -> config_push::PollerConfigStatus {
+        self.configs.status(poller)
+    }
+
     pub fn acting_term(&self, poller: &PeerId) -> Option<u64> {
         self.fencing.acting_term(poller)
     }
@@ -224,6 +261,8 @@ pub struct RunningReceiver {
     pub addr: SocketAddr,
     /// The bound metrics address, if any.
     pub metrics_addr: Option<SocketAddr>,
+    /// The bound HTTP API (and Home view) address, if `[api]` serves.
+    pub api_addr: Option<SocketAddr>,
     pub shared: Arc<Shared>,
     endpoint: quinn::Endpoint,
     stop: watch::Sender<bool>,
@@ -286,20 +325,41 @@ pub async fn start(cfg: &ReceiverFileConfig) -> anyhow::Result<RunningReceiver> 
     let fencing = tokio::task::spawn_blocking(move || fencing::Fencing::open(me, &dir))
         .await?
         .context("store.dir: fencing terms")?;
+    let dir = cfg.store.dir.clone();
+    let configs = tokio::task::spawn_blocking(move || config_push::ConfigPushes::open(&dir))
+        .await?
+        .context("store.dir: poller configs")?;
     let endpoint = quinn::Endpoint::server(server, cfg.listen)
         .with_context(|| format!("listen {}", cfg.listen))?;
     let addr = endpoint.local_addr()?;
     let gaps = gap::GapFetcher::new(cfg, &trust, &own).context("peer")?;
+    let store = Arc::new(store);
+    // The API reads through the same Store (the same per-file handles: their read-only
+    // connections, WAL readers beside the committers' writer); it never opens a writer.
+    let (api, live, api_listener) = match cfg.api.as_ref().and_then(|a| Some((a, a.listen?))) {
+        Some((a, listen)) => {
+            let hub = opha_api::live::LiveHub::new(opha_api::live::LiveConfig::default());
+            let api = opha_api::Api::new(store.clone(), a.api_config())?.with_live(hub.clone());
+            let l = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("api.listen {listen}"))?;
+            (Some(Arc::new(api)), Some(hub), Some(l))
+        }
+        None => (None, None, None),
+    };
     let shared = Arc::new(Shared {
         gaps,
+        live,
+        api,
         me: cfg.peer_id.clone(),
         role: cfg.role.peer_role(),
         trust,
         registry: cfg.registry(),
-        store: Arc::new(store),
+        store,
         metrics: Metrics::default(),
         bus: opha_bus::receiver::ReceiverConfig::default(),
         fencing,
+        configs,
         committers: Mutex::new(HashMap::new()),
         sessions: Mutex::new(HashMap::new()),
         reports: Mutex::new(ReportStream {
@@ -322,6 +382,24 @@ pub async fn start(cfg: &ReceiverFileConfig) -> anyhow::Result<RunningReceiver> 
         }
         None => None,
     };
+    let api_addr = match (api_listener, &shared.api, &shared.live) {
+        (Some(l), Some(api), Some(hub)) => {
+            let bound = l.local_addr()?;
+            let mut stop = stop_rx.clone();
+            tokio::spawn(opha_api::server::serve(api.clone(), l, async move {
+                stopped(&mut stop).await
+            }));
+            tokio::spawn(live::own_card(
+                hub.clone(),
+                shared.me.clone(),
+                shared.role,
+                stop_rx.clone(),
+            ));
+            log::info!("HTTP API and Home view on http://{bound}/");
+            Some(bound)
+        }
+        _ => None,
+    };
     tokio::spawn(retention(
         shared.clone(),
         cfg.store.retention_every,
@@ -337,6 +415,7 @@ pub async fn start(cfg: &ReceiverFileConfig) -> anyhow::Result<RunningReceiver> 
     Ok(RunningReceiver {
         addr,
         metrics_addr,
+        api_addr,
         shared,
         endpoint,
         stop,

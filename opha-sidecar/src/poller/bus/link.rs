@@ -197,6 +197,7 @@ impl Link {
         let (failed_tx, mut failed) = oneshot::channel::<anyhow::Error>();
         let mut fence_start = Some((answers_rx, failed_tx));
         let mut _fence: Option<AbortOnDrop> = None;
+        let mut _config: Option<AbortOnDrop> = None;
 
         let hello = self.sender.connect();
         write_message(&mut send, &frame, &hello)
@@ -233,6 +234,13 @@ impl Link {
                         failed,
                     };
                     _fence = Some(AbortOnDrop(tokio::spawn(task.run())));
+                    // Config pushes from this primary (fenced there), on a stream of their own.
+                    _config = Some(AbortOnDrop(tokio::spawn(super::config::run(
+                        self.index,
+                        conn.clone(),
+                        self.bus.clone(),
+                        self.status.clone(),
+                    ))));
                 }
             }
             while let Some(plan) = self.sender.poll_transmit(self.now()) {

@@ -24,6 +24,7 @@
 //! connected primary (never to a mirror) and watches their answers: a primary silent for
 //! `bus.failover_after` is unreachable, so failover does not wait for the QUIC idle timeout.
 
+pub mod config;
 pub mod epochs;
 pub mod fence;
 pub mod link;
@@ -130,6 +131,8 @@ pub struct BusStatus {
     pub heartbeat: Duration,
     /// `bus.failover_after`.
     pub failover_after: Duration,
+    /// The running config, for config pushes ([`config`]); unset: pushes are rejected.
+    pub config: std::sync::OnceLock<Arc<crate::poller::config_apply::LiveConfig>>,
 }
 
 #[derive(Debug)]
@@ -305,6 +308,9 @@ impl BusStatus {
                 );
             }
         }
+        if let Some(c) = self.config.get() {
+            c.render(out);
+        }
         let (active, term) = self.active_primary();
         let _ = writeln!(
             out,
@@ -461,6 +467,7 @@ pub fn start(
         fence_changes: watch::channel(0).0,
         heartbeat: cfg.bus.heartbeat,
         failover_after: cfg.bus.failover_after,
+        config: std::sync::OnceLock::new(),
     });
     log::info!(
         "bus: poller {} epoch {epoch}, {} receivers",
