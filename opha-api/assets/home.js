@@ -1,5 +1,9 @@
 // opha Home view. Plain JS, no dependencies, served by the primary.
 //
+// Operators also see each poller's config status on its card (polled from
+// /api/v1/pollers/config-status every CONFIG_REFRESH_MS: statuses are small and held in memory
+// by the primary) and can edit and push a poller's config from the card.
+//
 // Flow: the token (pasted once, kept in sessionStorage) goes in the Authorization header of
 // every request, never in a URL. The page loads /api/v1/summary (KPIs, peer cards, tenants),
 // /api/v1/services and the latest /api/v1/events, then follows /api/v1/live (Server-Sent
@@ -15,6 +19,7 @@ const PAGE_ROWS = 50;
 const MAX_EVENTS_HELD = 2000;
 const MAX_EVENT_ROWS = 200;
 const SUMMARY_REFRESH_MS = 60000;
+const CONFIG_REFRESH_MS = 2000;
 const TOKEN_KEY = 'opha.token';
 
 // A heartbeat's age in words; mirrors opha_api::home::heartbeat_age_words.
@@ -91,8 +96,38 @@ function nodeKey(n) {
   return n ? n.vlan + '@' + n.addr : '';
 }
 
+// A poller's config status (an /api/v1/pollers/config-status item) as the card shows it:
+// the state word, a line of text, and the data attributes' values (null: attribute absent).
+function configView(st) {
+  const none = { state: 'unknown', text: 'no version known', applied: null, pending: null, error: null };
+  if (!st) return none;
+  const v = (n) => 'v' + n;
+  const f = st.last_failure;
+  switch (st.state) {
+    case 'failed':
+      return {
+        state: 'failed',
+        text: v(f.version) + (f.kind === 'not_active' ? ' refused (not the active primary): ' : ' rejected: ')
+          + f.reason + (st.running_version !== null && st.running_version !== undefined
+          ? '; runs ' + v(st.running_version) : ''),
+        applied: st.running_version ?? null, pending: null, error: f.reason,
+      };
+    case 'pending':
+      return {
+        state: 'pending',
+        text: v(st.desired_version) + ' pending' + (st.running_version !== null && st.running_version !== undefined
+          ? ' (runs ' + v(st.running_version) + ')' : '') + (st.connected ? '' : '; poller not connected'),
+        applied: st.running_version ?? null, pending: st.desired_version, error: null,
+      };
+    case 'applied':
+      return { state: 'applied', text: v(st.running_version) + ' applied', applied: st.running_version, pending: null, error: null };
+    default:
+      return none;
+  }
+}
+
 if (typeof module !== 'undefined') {
-  module.exports = { AGE_THRESHOLDS, ageWords, peerIsUp, parseSse, streamText, nodeKey };
+  module.exports = { AGE_THRESHOLDS, ageWords, peerIsUp, parseSse, streamText, nodeKey, configView };
 }
 
 if (typeof document !== 'undefined') {
@@ -128,6 +163,10 @@ if (typeof document !== 'undefined') {
       retry: 1000,
       refreshTimer: null,
       generation: 0,
+      operator: false,      // the token's scope: only operators see and push configs
+      configs: new Map(),   // poller -> config status
+      configTimer: null,
+      configPoller: null,   // the poller whose config form is open
     };
 
     function setKpi(id, v) {
@@ -163,6 +202,19 @@ if (typeof document !== 'undefined') {
       return body;
     }
 
+    // A write; answers {status, body} whatever the status (the caller shows refusals).
+    async function apiSend(method, path, contentType, text) {
+      const r = await fetch(path, {
+        method,
+        headers: { Authorization: 'Bearer ' + S.token, Accept: 'application/json', 'Content-Type': contentType },
+        body: text,
+        cache: 'no-store',
+      });
+      let body = null;
+      try { body = await r.json(); } catch (_) { body = null; }
+      return { status: r.status, body };
+    }
+
     // ---- peers ----
     const ROLE_ORDER = { primary: 0, poller: 1, mirror: 2 };
     function peerSort(a, b) {
@@ -188,7 +240,11 @@ if (typeof document !== 'undefined') {
         el('dl', {},
           el('dt', { text: 'Heartbeat' }), el('dd', { class: 'heartbeat' }),
           el('dt', { text: 'Stream' }), el('dd', { class: 'stream' }),
-          el('dt', { text: 'Nodes' }), el('dd', { class: 'nodes' })),
+          el('dt', { text: 'Nodes' }), el('dd', { class: 'nodes' }),
+          el('dt', { class: 'config-label', text: 'Config', hidden: '' }),
+          el('dd', { class: 'config', hidden: '' },
+            el('span', { class: 'config-state', 'data-state': 'unknown' }),
+            el('button', { class: 'config-open', type: 'button', 'data-config-poller': id, text: 'edit config' }))),
         lights);
     }
 
@@ -223,7 +279,115 @@ if (typeof document !== 'undefined') {
         li.title = li.dataset.daemon + ': ' + (d ? d.state + (d.detail ? ' (' + d.detail + ')' : '') : 'not reported');
       }
       tickCard(p, card);
+      renderConfigState(card, p);
       applyPeerFilter(card, p);
+    }
+
+    // ---- poller configs (operators only) ----
+    function renderConfigState(card, p) {
+      const show = S.operator && p.role === 'poller';
+      card.querySelector('dt.config-label').hidden = !show;
+      const dd = card.querySelector('dd.config');
+      dd.hidden = !show;
+      if (!show) return;
+      const view = configView(S.configs.get(p.peer));
+      const span = dd.querySelector('.config-state');
+      span.dataset.state = view.state;
+      if (span.textContent !== view.text) span.textContent = view.text;
+      for (const [attr, value] of [['configApplied', view.applied], ['configPending', view.pending], ['configError', view.error]]) {
+        if (value === null || value === undefined) delete dd.dataset[attr];
+        else dd.dataset[attr] = String(value);
+      }
+      dd.dataset.configState = view.state;
+    }
+
+    async function loadConfigs() {
+      if (!S.operator) return;
+      const gen = S.generation;
+      let r;
+      try {
+        r = await api('/api/v1/pollers/config-status');
+      } catch (e) {
+        // 503: this server pushes no configs (nothing to show); others: try on the next tick.
+        if (e.status === 503 && S.configTimer) { clearInterval(S.configTimer); S.configTimer = null; }
+        return;
+      }
+      if (gen !== S.generation) return;
+      S.configs = new Map(r.items.map((st) => [st.poller, st]));
+      for (const [id, card] of S.cards) { const p = S.peers.get(id); if (p) renderConfigState(card, p); }
+      showConfigStatus();
+    }
+
+    function showConfigStatus() {
+      if (!S.configPoller) return;
+      const view = configView(S.configs.get(S.configPoller));
+      const st = S.configs.get(S.configPoller);
+      const e = $('config-status');
+      e.dataset.state = view.state;
+      e.textContent = view.text + (st && !st.acting ? ' · this primary does not act for this poller now: pushes are refused' : '');
+    }
+
+    function configMessage(text, kind) {
+      const e = $('config-result');
+      e.textContent = text;
+      e.dataset.result = kind;
+    }
+
+    async function openConfig(id) {
+      S.configPoller = id;
+      $('config-poller').textContent = id;
+      $('config-poller').dataset.poller = id;
+      $('config-errors').replaceChildren();
+      configMessage('loading…', 'loading');
+      $('config-section').hidden = false;
+      $('config-section').scrollIntoView({ behavior: 'smooth', block: 'start' });
+      try {
+        const r = await api('/api/v1/pollers/' + encodeURIComponent(id) + '/config');
+        if (S.configPoller !== id) return;
+        S.configs.set(id, r.status);
+        $('config-text').value = r.config || '';
+        configMessage(r.config ? 'desired version ' + r.version : 'no config pushed through this primary yet: paste the poller\'s file', '');
+      } catch (e) {
+        configMessage('Loading the config failed: ' + e.message, 'error');
+      }
+      showConfigStatus();
+    }
+
+    function closeConfig() {
+      S.configPoller = null;
+      $('config-section').hidden = true;
+    }
+
+    async function pushConfig() {
+      const id = S.configPoller;
+      if (!id) return;
+      const button = $('config-push');
+      button.disabled = true;
+      $('config-errors').replaceChildren();
+      configMessage('pushing…', 'pushing');
+      try {
+        const r = await apiSend('PUT', '/api/v1/pollers/' + encodeURIComponent(id) + '/config',
+          'application/toml', $('config-text').value);
+        const b = r.body || {};
+        if (r.status === 202) {
+          configMessage('stored as version ' + b.version + '; pushing it to the poller', 'stored');
+          if (b.status) S.configs.set(id, b.status);
+        } else if (r.status === 422) {
+          configMessage('refused: ' + (b.errors || []).length + ' problem(s)', 'error');
+          $('config-errors').replaceChildren(...(b.errors || []).map((p) => el('li', { 'data-key': p.key },
+            el('span', { class: 'key', text: p.key || '(syntax)' }),
+            document.createTextNode((p.line ? ' (line ' + p.line + ', column ' + p.column + ')' : '') + ': ' + p.message))));
+        } else {
+          configMessage((b.message || ('HTTP ' + r.status)), 'error');
+        }
+      } catch (e) {
+        configMessage('The push failed: ' + e.message, 'error');
+      } finally {
+        button.disabled = false;
+      }
+      for (const [pid, card] of S.cards) { const p = S.peers.get(pid); if (p) renderConfigState(card, p); }
+      showConfigStatus();
+      loadConfigs();
     }
 
     function tickCard(p, card) {
@@ -497,6 +661,7 @@ if (typeof document !== 'undefined') {
       S.offset = Date.now() - sum.server_time_ms;
       S.stale = sum.stale_after_ms;
       S.daemons = sum.daemons;
+      S.operator = sum.scope.role === 'operator';
       $('scope').dataset.scope = sum.scope.role === 'operator' ? 'operator' : 'tenant-' + sum.scope.tenant;
       $('scope').textContent = sum.scope.role === 'operator' ? 'operator: all tenants' : 'tenant ' + sum.scope.tenant;
       fillSelect('f-severity', sum.severities, 'at least ');
@@ -627,6 +792,10 @@ if (typeof document !== 'undefined') {
         if (e.status === 401 || e.status === 403) return;
       }
       S.refreshTimer = setInterval(() => { loadSnapshot().catch(snapshotFailed); }, SUMMARY_REFRESH_MS);
+      if (S.operator) {
+        S.configTimer = setInterval(loadConfigs, CONFIG_REFRESH_MS);
+        loadConfigs();
+      }
       follow(gen);
     }
 
@@ -634,8 +803,10 @@ if (typeof document !== 'undefined') {
       S.generation++;
       if (S.abort) S.abort.abort();
       if (S.refreshTimer) clearInterval(S.refreshTimer);
+      if (S.configTimer) clearInterval(S.configTimer);
       S.abort = null;
       S.refreshTimer = null;
+      S.configTimer = null;
       setLive('idle', 'not connected');
     }
 
@@ -649,6 +820,7 @@ if (typeof document !== 'undefined') {
       S.token = t;
       for (const c of S.cards.values()) c.remove();
       S.cards.clear(); S.peers.clear(); S.services.clear(); S.events = []; S.eventIds.clear();
+      S.configs.clear(); S.operator = false; closeConfig();
       // Another token may see fewer tenants: the filter offers only the new scope's.
       const ft = $('f-tenant');
       while (ft.options.length > 1) ft.remove(ft.options.length - 1);
@@ -662,6 +834,12 @@ if (typeof document !== 'undefined') {
       location.reload();
     });
     $('peer-filter').addEventListener('input', filterPeers);
+    $('peers').addEventListener('click', (ev) => {
+      const b = ev.target.closest('button.config-open');
+      if (b) openConfig(b.dataset.configPoller);
+    });
+    $('config-push').addEventListener('click', pushConfig);
+    $('config-close').addEventListener('click', closeConfig);
     $('svc-state').addEventListener('change', () => { S.svcPage = 0; renderServices(); });
     $('svc-filter').addEventListener('input', () => { S.svcPage = 0; renderServices(); });
     $('svc-prev').addEventListener('click', () => { S.svcPage = Math.max(0, S.svcPage - 1); renderServices(); });

@@ -64,6 +64,23 @@ impl<'a> Access<'a> {
         }
     }
 
+    /// Refuses (403, counted, logged) a tenant token: `what` is for operators only (e.g.
+    /// poller configuration, which carries every tenant's prefixes).
+    pub fn require_operator(&self, param: &str, message: &str) -> Result<(), ApiError> {
+        match self.principal.scope {
+            PrincipalScope::Operator => Ok(()),
+            PrincipalScope::Tenant(own) => {
+                self.metrics.forbidden();
+                log::warn!(
+                    "api: forbidden: token {:?} (tenant {own}) asked for operator-only {}",
+                    self.principal.name,
+                    self.path
+                );
+                Err(ApiError::forbidden(param, message))
+            }
+        }
+    }
+
     /// The databases of the tenants a request reads, ascending: `requested` (after
     /// [`Access::authorize`]) or, when absent, the token's own tenant or (operator) every
     /// tenant on disk. Tenants with no file yet are left out (a read never creates a file).

@@ -7,8 +7,8 @@ use serde::Deserialize;
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
-    /// Largest request body accepted, bytes (the API is GET-only: bodies are refused anyway,
-    /// this bounds what is read before answering 413).
+    /// Largest request body accepted, bytes: bounds a poller config pushed through the API,
+    /// and what is read of any other request's body (refused) before answering 413.
     pub max_body_bytes: usize,
     /// Longest request target (path and query), bytes; longer is answered 414.
     pub max_uri_bytes: usize,

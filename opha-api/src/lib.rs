@@ -9,6 +9,8 @@
 //! - [`Api::handle`]: authentication, routing and parameter parsing of one request, without
 //!   sockets; [`server`] is the thin hyper driver around it.
 //!
+//! - [`poller_config`]: reading and pushing pollers' configs (operators only), through the
+//!   [`poller_config::ConfigOps`] the receiver attaches ([`Api::with_config_ops`]).
 //! - [`home`]: the Home view: the embedded page, `GET /api/v1/summary`, and the live stream
 //!   `GET /api/v1/live` fed by a [`live::LiveHub`] (attach one with [`Api::with_live`]).
 //!
@@ -22,6 +24,7 @@ pub mod home;
 pub mod live;
 pub mod metrics;
 pub mod params;
+pub mod poller_config;
 pub mod server;
 pub mod token;
 
@@ -37,7 +40,7 @@ use access::Access;
 use handlers::Limits;
 use opha_store::Store;
 use serde_json::{Value, json};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// What the API needs of one HTTP request.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -51,6 +54,10 @@ pub struct RequestParts {
     pub authorization: Option<String>,
     /// Bytes of body received (GET carries none).
     pub body_len: usize,
+    /// The body itself (only a config push takes one; bounded by `max_body_bytes`).
+    pub body: Vec<u8>,
+    /// The `Content-Type` header, when present and valid ASCII.
+    pub content_type: Option<String>,
 }
 
 impl RequestParts {
@@ -65,7 +72,24 @@ impl RequestParts {
             path,
             query,
             authorization: token.map(|t| format!("Bearer {t}")),
-            body_len: 0,
+            ..Self::default()
+        }
+    }
+
+    /// A `method` of `target` with a body of `content_type`.
+    pub fn with_body(
+        method: &str,
+        target: &str,
+        token: Option<&str>,
+        content_type: Option<&str>,
+        body: &[u8],
+    ) -> Self {
+        Self {
+            method: method.into(),
+            body_len: body.len(),
+            body: body.to_vec(),
+            content_type: content_type.map(str::to_string),
+            ..Self::get(target, token)
         }
     }
 }
@@ -97,6 +121,7 @@ pub struct Api {
     config: ApiConfig,
     metrics: ApiMetrics,
     live: Option<Arc<live::LiveHub>>,
+    config_ops: OnceLock<Arc<dyn poller_config::ConfigOps>>,
 }
 
 impl std::fmt::Debug for Api {
@@ -117,6 +142,8 @@ enum Route<'a> {
     Services,
     Usage { tenant: Option<&'a str> },
     Summary,
+    ConfigStatuses,
+    PollerConfig { poller: &'a str },
 }
 
 fn route<'a>(segments: &[&'a str]) -> Option<Route<'a>> {
@@ -129,12 +156,25 @@ fn route<'a>(segments: &[&'a str]) -> Option<Route<'a>> {
         ["tenants", "usage"] => Some(Route::Usage { tenant: None }),
         ["tenants", t, "usage"] => Some(Route::Usage { tenant: Some(t) }),
         ["summary"] => Some(Route::Summary),
+        ["pollers", "config-status"] => Some(Route::ConfigStatuses),
+        ["pollers", poller, "config"] => Some(Route::PollerConfig { poller }),
         _ => None,
     }
 }
 
 const ENDPOINTS: &str = "/api/v1/peers, /api/v1/nodes, /api/v1/nodes/{vlan}/{addr}/metrics, \
-     /api/v1/events, /api/v1/services, /api/v1/tenants/usage, /api/v1/tenants/{id}/usage, /api/v1/summary, /api/v1/live";
+     /api/v1/events, /api/v1/services, /api/v1/tenants/usage, /api/v1/tenants/{id}/usage, /api/v1/summary, /api/v1/live, \
+     /api/v1/pollers/config-status, /api/v1/pollers/{id}/config";
+
+/// Whether `path` is the one kind of endpoint that takes a body: a poller's config
+/// (`PUT`/`POST /api/v1/pollers/{id}/config`). Decided on the raw path, before anything else.
+fn takes_body(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix("/api/v1/pollers/") else {
+        return false;
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    matches!(rest.split_once('/'), Some((id, "config")) if !id.is_empty() && !id.contains('/'))
+}
 
 impl Api {
     pub fn new(store: Arc<Store>, config: ApiConfig) -> Result<Api, ConfigError> {
@@ -149,7 +189,25 @@ impl Api {
             config,
             metrics: ApiMetrics::default(),
             live: None,
+            config_ops: OnceLock::new(),
         })
+    }
+
+    /// Attaches what serves the poller config endpoints (see [`poller_config`]); without it
+    /// they answer 503.
+    pub fn with_config_ops(self, ops: Arc<dyn poller_config::ConfigOps>) -> Api {
+        let _ = self.config_ops.set(ops);
+        self
+    }
+
+    /// As [`Api::with_config_ops`], once the API is shared (the receiver's state that serves
+    /// the configs is built after the API); false when one is attached already.
+    pub fn set_config_ops(&self, ops: Arc<dyn poller_config::ConfigOps>) -> bool {
+        self.config_ops.set(ops).is_ok()
+    }
+
+    pub fn config_ops(&self) -> Option<&dyn poller_config::ConfigOps> {
+        self.config_ops.get().map(|o| o.as_ref())
     }
 
     /// Attaches the hub the receiver publishes into: `/api/v1/live` streams from it and
@@ -189,20 +247,25 @@ impl Api {
     /// was wrong. Blocking (SQLite): async callers run it on a blocking thread.
     pub fn handle(&self, req: &RequestParts) -> Reply {
         let reply = match self.answer(req) {
-            Ok(v) => Reply::ok(v),
+            Ok((200, v)) => Reply::ok(v),
+            Ok((status, body)) => Reply { status, body },
             Err(e) => Reply::error(&e),
         };
         self.metrics.answered(reply.status);
         reply
     }
 
-    fn answer(&self, req: &RequestParts) -> Result<Value, ApiError> {
-        if req.method != "GET" && req.method != "HEAD" {
-            return Err(ApiError::new(
-                405,
-                "method_not_allowed",
-                "the API is read-only: use GET",
-            ));
+    fn answer(&self, req: &RequestParts) -> Result<(u16, Value), ApiError> {
+        let read = req.method == "GET" || req.method == "HEAD";
+        let write = req.method == "PUT" || req.method == "POST";
+        let allowed = read || (write && takes_body(&req.path));
+        if !allowed {
+            let message = if takes_body(&req.path) {
+                "a poller's config: GET it, PUT (or POST) a new one"
+            } else {
+                "read-only: use GET (only /api/v1/pollers/{id}/config takes PUT or POST)"
+            };
+            return Err(ApiError::new(405, "method_not_allowed", message));
         }
         let target_len = req.path.len() + req.query.as_ref().map_or(0, |q| q.len() + 1);
         if target_len > self.config.max_uri_bytes {
@@ -221,13 +284,11 @@ impl Api {
             )));
         };
         let principal = self.authenticate(req.authorization.as_deref(), &req.path)?;
-        if req.body_len > 0 {
-            let e = ApiError::bad_param("body", "GET requests carry no body");
-            return Err(if req.body_len > self.config.max_body_bytes {
-                ApiError::new(413, "too_large", "the body is too large")
-            } else {
-                e
-            });
+        if req.body_len > self.config.max_body_bytes {
+            return Err(ApiError::new(413, "too_large", "the body is too large"));
+        }
+        if read && req.body_len > 0 {
+            return Err(ApiError::bad_param("body", "GET requests carry no body"));
         }
         let decoded: Vec<String> = rest
             .trim_end_matches('/')
@@ -240,12 +301,29 @@ impl Api {
         let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
         let route = route(&segments)
             .ok_or_else(|| ApiError::not_found(format!("no such endpoint; try {ENDPOINTS}")))?;
+        if write {
+            let Route::PollerConfig { poller } = route else {
+                return Err(ApiError::new(405, "method_not_allowed", "use GET"));
+            };
+            if req.query.as_deref().is_some_and(|q| !q.is_empty()) {
+                return Err(ApiError::bad_param(
+                    "query",
+                    "a config push takes no parameters",
+                ));
+            }
+            let access = Access::new(&self.store, &principal, &self.metrics, &req.path);
+            let body = poller_config::Body {
+                bytes: &req.body,
+                content_type: req.content_type.as_deref(),
+            };
+            return poller_config::push(&access, self.config_ops(), poller, &body);
+        }
         let params = params::parse_query(req.query.as_deref(), self.config.max_params)?;
         let access = Access::new(&self.store, &principal, &self.metrics, &req.path);
         let limits = Limits {
             max_page: self.config.max_page,
         };
-        match route {
+        let value = match route {
             Route::Peers => handlers::peers(&access, params),
             Route::Nodes => handlers::nodes(&access, params, limits),
             Route::Events => handlers::events(&access, params, limits),
@@ -253,7 +331,14 @@ impl Api {
             Route::Services => handlers::services(&access, params),
             Route::Usage { tenant } => handlers::usage(&access, tenant, params),
             Route::Summary => home::summary(&access, params, self.live.as_deref()),
-        }
+            Route::ConfigStatuses => params
+                .finish(&[])
+                .and_then(|()| poller_config::statuses(&access, self.config_ops())),
+            Route::PollerConfig { poller } => params
+                .finish(&[])
+                .and_then(|()| poller_config::get(&access, self.config_ops(), poller)),
+        }?;
+        Ok((200, value))
     }
 }
 

@@ -108,11 +108,21 @@ pub async fn respond(api: &Arc<Api>, req: Request<Incoming>) -> Response<Full<By
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string),
-        body_len: 0,
+        content_type: req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        ..RequestParts::default()
     };
     let body = Limited::new(req.into_body(), max);
     match tokio::time::timeout(BODY_TIMEOUT, body.collect()).await {
-        Ok(Ok(b)) => parts.body_len = b.to_bytes().len(),
+        Ok(Ok(b)) => {
+            let bytes = b.to_bytes();
+            parts.body_len = bytes.len();
+            // Only a config push reads it; other requests are refused for having one.
+            parts.body = bytes.to_vec();
+        }
         Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
             return refuse(
                 api,

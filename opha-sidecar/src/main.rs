@@ -42,8 +42,10 @@ enum Command {
     Log(LogCommand),
     /// Run as a primary: accept poller streams, authorize tenants, store, acknowledge.
     Primary(ReceiverArgs),
-    /// Run as a mirror: the same receiver, for the poller it is paired with.
-    Mirror(ReceiverArgs),
+    /// Run as a mirror: the same receiver, for the poller it is paired with (and, with
+    /// `[mirror]`, its own pipeline that takes the poller's place); or tell the running mirror
+    /// to promote, demote, or decide by itself again.
+    Mirror(MirrorArgs),
     /// Create a CA and issue peer certificates.
     #[command(subcommand)]
     Certs(CertsCommand),
@@ -83,6 +85,40 @@ struct ReceiverArgs {
     /// config, and exit.
     #[arg(long)]
     check: bool,
+}
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct MirrorArgs {
+    #[command(subcommand)]
+    action: Option<MirrorAction>,
+    /// The mirror's config file (TOML; see examples/mirror.toml).
+    #[arg(long, value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
+    /// Load and validate the config and the mirror's own certificate, print the effective
+    /// config, and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+#[derive(Subcommand)]
+enum MirrorAction {
+    /// Take the poller's place now, and keep it until `demote` or `auto` (docs/mirror.md).
+    Promote {
+        /// The running mirror's config file.
+        #[arg(long, value_name = "FILE")]
+        config: std::path::PathBuf,
+    },
+    /// Give the poller's place back now, and stay standby until `promote` or `auto`.
+    Demote {
+        #[arg(long, value_name = "FILE")]
+        config: std::path::PathBuf,
+    },
+    /// Back to the automatic rules (`takeover_after`, `return_after`).
+    Auto {
+        #[arg(long, value_name = "FILE")]
+        config: std::path::PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -250,7 +286,7 @@ fn main() -> ExitCode {
         }) => loader::detach(&loader_config(&instance), keep_maps).map_err(Into::into),
         Command::Log(LogCommand::Dump { dir, from, json }) => dump_log(dir, from, json),
         Command::Primary(a) => receiver::run(&a.config, ReceiverRole::Primary, a.check),
-        Command::Mirror(a) => receiver::run(&a.config, ReceiverRole::Mirror, a.check),
+        Command::Mirror(a) => run_mirror(a),
         Command::Certs(c) => run_certs(c),
         Command::Api(ApiCommand::Token(TokenCommand::Mint { name, tenant })) => {
             mint_token(&name, tenant)
@@ -323,6 +359,27 @@ fn mint_token(name: &str, tenant: Option<u32>) -> anyhow::Result<()> {
     println!();
     println!("# add to the primary's config file (after [api]), then restart it:");
     print!("{}", minted.to_toml());
+    Ok(())
+}
+
+fn run_mirror(a: MirrorArgs) -> anyhow::Result<()> {
+    use opha_sidecar::mirror::{Command as Cmd, driver::request_command};
+    let (config, cmd) = match a.action {
+        None => {
+            let config = a
+                .config
+                .ok_or_else(|| anyhow::anyhow!("--config FILE is required"))?;
+            return receiver::run(&config, ReceiverRole::Mirror, a.check);
+        }
+        Some(MirrorAction::Promote { config }) => (config, Cmd::Promote),
+        Some(MirrorAction::Demote { config }) => (config, Cmd::Demote),
+        Some(MirrorAction::Auto { config }) => (config, Cmd::Auto),
+    };
+    request_command(&config, cmd)?;
+    println!(
+        "{}: {cmd:?} requested; the running mirror takes it within its next tick (opha_mirror_promoted, opha_mirror_forced show the result)",
+        config.display()
+    );
     Ok(())
 }
 

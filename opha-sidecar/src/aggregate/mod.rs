@@ -302,6 +302,12 @@ impl Aggregator {
         self.state
     }
 
+    /// The state, to seed in place (a mirror taking over, [`crate::mirror::NodeStates::seed`]):
+    /// the inventory and event ids stay.
+    pub fn state_mut(&mut self) -> &mut AggState {
+        &mut self.state
+    }
+
     pub fn node(&self, key: &NodeKey) -> Option<&NodeState> {
         self.state.nodes.get(&NodeId::from(key))
     }

@@ -6,10 +6,13 @@
 //!   aggregation core continues from it);
 //! - [`control`]: the shared handle the receiver, the operator and the metrics use, the state
 //!   file and the CLI's command file;
-//! - [`config`]: the `[mirror]` table.
+//! - [`config`]: the `[mirror]` table;
+//! - [`driver`]: the running mirror (its pipeline, the receiver's hooks, promotion and
+//!   demotion carried out).
 
 pub mod config;
 pub mod control;
+pub mod driver;
 pub mod handover;
 pub mod promotion;
 

@@ -30,10 +30,27 @@ use super::{
 use crate::{
     aggregate::{AggConfig, AggState, Aggregator, Input, NodeInfo, Output},
     inventory::Inventory,
+    mirror::{MirrorControl, NodeStates},
 };
 
 /// How often a waiting aggregate task looks for a config push.
 pub const CONFIG_POLL: Duration = Duration::from_millis(20);
+
+/// A mirror's hand-over request to its aggregate task (docs/mirror.md), applied between ticks
+/// once the previous tick's records are durable. Each is answered with the cut: the log's
+/// durable end at that moment, so the task's records below it were produced before the
+/// request and those from it on after. The answer runs on the task's thread before its next
+/// poll (so a demoted mirror's links are capped at the cut before anything after it exists).
+pub enum HandoverRequest {
+    /// Seed the core with the reported node states and report from the next poll on (its
+    /// events pass through [`MirrorControl::own_events`]).
+    Promote(NodeStates, HandoverReply),
+    /// Stop reporting.
+    Demote(HandoverReply),
+}
+
+/// The answer to a [`HandoverRequest`]: the cut, or why it must be asked again.
+pub type HandoverReply = Box<dyn FnOnce(Result<u64, String>) + Send>;
 
 /// Settings of the aggregate task.
 #[derive(Clone, Copy, Debug)]
@@ -148,6 +165,10 @@ pub struct AggregateTask<K: KernelSource> {
     read_backoff: Backoff,
     /// Config pushes to apply between ticks ([`super::config_apply`]).
     config_rx: Option<std::sync::mpsc::Receiver<super::config_apply::ApplyRequest>>,
+    /// A mirror's hand-over requests, and its control (for `own_events`).
+    handover: Option<(std::sync::mpsc::Receiver<HandoverRequest>, MirrorControl)>,
+    /// Seeded and reporting for the paired poller (a promoted mirror).
+    reporting: bool,
 }
 
 impl<K: KernelSource> AggregateTask<K> {
@@ -201,6 +222,57 @@ impl<K: KernelSource> AggregateTask<K> {
             backoff: Backoff::new("aggregate -> replay log"),
             read_backoff: Backoff::new("aggregate: reading the kernel maps"),
             config_rx: None,
+            handover: None,
+            reporting: false,
+        }
+    }
+
+    /// A mirror's task: takes hand-over requests from `rx` (between ticks, like config
+    /// pushes).
+    pub fn with_handover(
+        mut self,
+        rx: std::sync::mpsc::Receiver<HandoverRequest>,
+        control: MirrorControl,
+    ) -> Self {
+        self.handover = Some((rx, control));
+        self
+    }
+
+    /// Whether the task reports for the paired poller (seeded by a promotion).
+    pub fn is_reporting(&self) -> bool {
+        self.reporting
+    }
+
+    /// One hand-over request; see [`HandoverRequest`].
+    pub fn apply_handover(&mut self, req: HandoverRequest) {
+        // The previous tick's records must be below the cut.
+        let durable = self.finish_previous().map_err(|wait| {
+            format!("the last poll's records are not yet durable (retrying in {wait:?})")
+        });
+        let cut = durable.map(|()| self.shared.log.durable_next_seq());
+        match req {
+            HandoverRequest::Promote(states, reply) => {
+                if cut.is_ok() {
+                    let r = states.seed(self.agg.state_mut());
+                    self.reporting = true;
+                    // The seeded flags are the state a restart must continue from.
+                    self.checkpoint_dirty = true;
+                    log::info!(
+                        "aggregate: seeded with the reported node states ({} nodes with an alarm, {} changed, {} added); reporting",
+                        states.len(),
+                        r.changed,
+                        r.added
+                    );
+                }
+                reply(cut);
+            }
+            HandoverRequest::Demote(reply) => {
+                if cut.is_ok() {
+                    self.reporting = false;
+                    log::info!("aggregate: no longer reporting for the poller");
+                }
+                reply(cut);
+            }
         }
     }
 
@@ -216,13 +288,20 @@ impl<K: KernelSource> AggregateTask<K> {
 
     /// Waits `d` (applying config pushes meanwhile); `true` once stopped.
     fn wait(&mut self, stop: &Shutdown, d: Duration) -> bool {
-        if self.config_rx.is_none() {
+        if self.config_rx.is_none() && self.handover.is_none() {
             return stop.sleep(d);
         }
         let until = Instant::now() + d;
         loop {
             while let Some(req) = self.config_rx.as_ref().and_then(|rx| rx.try_recv().ok()) {
                 self.apply_config(req);
+            }
+            while let Some(req) = self
+                .handover
+                .as_ref()
+                .and_then(|(rx, _)| rx.try_recv().ok())
+            {
+                self.apply_handover(req);
             }
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -339,6 +418,15 @@ impl<K: KernelSource> AggregateTask<K> {
         let closed_before = self.agg.state().intervals_closed;
         self.out.clear();
         self.agg.poll(&input, &mut self.out);
+        if self.reporting
+            && let Some((_, control)) = &self.handover
+        {
+            // What this mirror reports is recorded as reported; repeats are dropped.
+            let dropped = control.own_events(&mut self.out.events);
+            if dropped > 0 {
+                log::warn!("aggregate: dropped {dropped} events repeating the reported state");
+            }
+        }
         let had_timeouts = !self.swept.is_empty();
         add(&c.agg_timeouts, self.swept.len() as u64);
         self.swept.clear();

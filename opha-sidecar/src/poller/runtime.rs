@@ -248,6 +248,37 @@ impl Pipeline {
         K: KernelSource + 'static,
         R: RingSource + 'static,
     {
+        Self::start_inner(parts, rt, None)
+    }
+
+    /// A mirror's pipeline (docs/mirror.md): every task as for a poller except the bus, which
+    /// the mirror's driver starts when it is promoted ([`super::bus::start_at`]); the
+    /// aggregate task takes hand-over requests from `handover`.
+    pub fn start_mirror<K, R>(
+        parts: PipelineParts<K, R>,
+        rt: &tokio::runtime::Handle,
+        handover: std::sync::mpsc::Receiver<super::aggregate::HandoverRequest>,
+        control: crate::mirror::MirrorControl,
+    ) -> anyhow::Result<Self>
+    where
+        K: KernelSource + 'static,
+        R: RingSource + 'static,
+    {
+        Self::start_inner(parts, rt, Some((handover, control)))
+    }
+
+    fn start_inner<K, R>(
+        parts: PipelineParts<K, R>,
+        rt: &tokio::runtime::Handle,
+        mirror: Option<(
+            std::sync::mpsc::Receiver<super::aggregate::HandoverRequest>,
+            crate::mirror::MirrorControl,
+        )>,
+    ) -> anyhow::Result<Self>
+    where
+        K: KernelSource + 'static,
+        R: RingSource + 'static,
+    {
         let cfg = parts.config;
         let shared = Arc::new(Shared::new(cfg.poller_id.clone(), parts.log.clone()));
         let stop = Shutdown::new();
@@ -272,8 +303,13 @@ impl Pipeline {
             rt: rt.clone(),
         };
 
-        // The bus before any task appends: its epoch is bumped and persisted first.
-        if let Some(bus) = super::bus::start(&cfg, parts.log.clone(), stop.clone(), rt)? {
+        // The bus before any task appends: its epoch is bumped and persisted first. A
+        // mirror's starts when it is promoted.
+        let bus = match mirror {
+            Some(_) => None,
+            None => super::bus::start(&cfg, parts.log.clone(), stop.clone(), rt)?,
+        };
+        if let Some(bus) = bus {
             let _ = bus.status.config.set(live.clone());
             let _ = shared.bus.set(bus.status.clone());
             pipeline
@@ -325,6 +361,10 @@ impl Pipeline {
             AggregateSettings::new(cfg.intervals.sweep, cfg.intervals.poll_timeout),
         )
         .with_config_updates(config_rx);
+        let agg = match mirror {
+            Some((rx, control)) => agg.with_handover(rx, control),
+            None => agg,
+        };
         let s = stop.clone();
         pipeline
             .threads

@@ -68,8 +68,15 @@ pub async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming) {
         // A previous connection of this poller settles its stores before this one reads
         // the store's state.
         let _settled = settled.lock().await;
+        let mirror = mirror_hook(&shared, &id.peer_id);
+        if let Some(m) = mirror {
+            m.connected(true);
+        }
         if let Err(e) = session(&shared, &conn, &id, &allowed).await {
             log::info!("poller {}: connection ended: {e:#}", id.peer_id);
+        }
+        if let Some(m) = mirror {
+            m.connected(false);
         }
         super::live::disconnected(&shared, &id.peer_id, &conn);
         // Before a newer connection of the poller may start: it acts only on its own grants.
@@ -187,6 +194,10 @@ async fn session(
         done_tx,
     ));
 
+    let mirror = mirror_hook(shared, &poller);
+    if let Some(m) = mirror {
+        m.seen();
+    }
     let gap_hello = hello.clone();
     let outputs = rx.handle(BusMessage::Hello(hello), 0);
     let mut ctx = Ctx {
@@ -213,6 +224,10 @@ async fn session(
         tokio::select! {
             f = frames.recv() => match f {
                 Some(Ok(bytes)) => {
+                    if let Some(m) = mirror {
+                        // Any frame (batch, heartbeat) is a sign of life of the paired poller.
+                        m.seen();
+                    }
                     // Grants are the fencing driver's, not the bus receiver's.
                     if frame.header(&bytes).is_ok_and(|h| h.kind == BusKind::Grant)
                         && let Ok(BusMessage::Grant(g)) = frame.decode(&bytes)
@@ -423,6 +438,9 @@ impl Ctx<'_> {
                     continue;
                 }
             };
+            if let Some(m) = mirror_hook(self.shared, &self.id.peer_id) {
+                m.record(&record);
+            }
             parts.entry(scope).or_default().push((e.seq, record));
         }
         for (reason, n) in &refused {
@@ -437,6 +455,11 @@ impl Ctx<'_> {
             received: self.received_at,
         }
     }
+}
+
+/// The mirror's promotion hook when `peer` is its paired poller (docs/mirror.md).
+fn mirror_hook<'a>(shared: &'a Shared, peer: &PeerId) -> Option<&'a crate::mirror::driver::Hook> {
+    shared.mirror.as_deref().filter(|m| m.is_poller(peer))
 }
 
 fn refuse_name(r: RefuseReason) -> &'static str {

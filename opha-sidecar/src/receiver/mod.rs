@@ -42,6 +42,7 @@
 //! (`tenant-0.sqlite3`), which no poller may send for (the registry refuses tenant 0).
 
 pub mod catchup;
+pub mod config_api;
 pub mod config_push;
 pub mod conn;
 pub mod fencing;
@@ -90,6 +91,8 @@ pub struct Shared {
     pub live: Option<Arc<opha_api::live::LiveHub>>,
     /// The HTTP API, when `[api]` serves (its counters go into `/metrics`).
     pub api: Option<Arc<opha_api::Api>>,
+    /// A mirror's promotion hooks, with `[mirror]` ([`crate::mirror::driver`]).
+    pub mirror: Option<Arc<crate::mirror::driver::Hook>>,
     committers: Mutex<HashMap<Scope, Arc<Committer>>>,
     sessions: Mutex<HashMap<PeerId, Session>>,
     reports: Mutex<ReportStream>,
@@ -199,6 +202,9 @@ impl Shared {
         }
         if let Some(hub) = &self.live {
             o.push_str(&hub.render());
+        }
+        if let Some(m) = &self.mirror {
+            m.render(&mut o);
         }
         o
     }
@@ -347,10 +353,12 @@ pub async fn start(cfg: &ReceiverFileConfig) -> anyhow::Result<RunningReceiver> 
         }
         None => (None, None, None),
     };
+    let mirror = crate::mirror::driver::Hook::from_config(cfg)?;
     let shared = Arc::new(Shared {
         gaps,
         live,
         api,
+        mirror,
         me: cfg.peer_id.clone(),
         role: cfg.role.peer_role(),
         trust,
@@ -367,6 +375,10 @@ pub async fn start(cfg: &ReceiverFileConfig) -> anyhow::Result<RunningReceiver> 
             next: 0,
         }),
     });
+    if let Some(api) = &shared.api {
+        // The poller config endpoints serve from the state the API is part of.
+        api.set_config_ops(Arc::new(config_api::ReceiverConfigOps::new(&shared)));
+    }
     let (stop, stop_rx) = watch::channel(false);
     let metrics_addr = match cfg.metrics.listen {
         Some(a) => {
@@ -506,12 +518,34 @@ pub fn run(
         .build()?;
     rt.block_on(async {
         let running = start(&cfg).await?;
+        // A mirror polls with its own pipeline (docs/mirror.md).
+        let driver = match (&running.shared.mirror, cfg.mirror.as_ref()) {
+            (Some(hook), Some(m)) => match m.poller_config.clone() {
+                Some(path) => {
+                    let (hook, rt) = (hook.clone(), tokio::runtime::Handle::current());
+                    Some(
+                        tokio::task::spawn_blocking(move || {
+                            crate::mirror::driver::MirrorDriver::start_from_file(hook, &path, &rt)
+                        })
+                        .await??,
+                    )
+                }
+                None => {
+                    log::warn!("mirror: no mirror.poller_config: this mirror only receives");
+                    None
+                }
+            },
+            _ => None,
+        };
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
         log::info!("stopping");
+        if let Some(d) = driver {
+            tokio::task::spawn_blocking(move || d.shutdown()).await?;
+        }
         running.shutdown().await;
         Ok(())
     })

@@ -95,6 +95,19 @@ impl EpochTable {
         self.last_epoch
     }
 
+    /// Starts a new epoch at `head` that is the only one: a mirror taking over sends nothing
+    /// of what its log held before (docs/mirror.md). Returns the new epoch.
+    pub fn restart_at(&mut self, head: u64) -> u64 {
+        self.epochs.clear();
+        self.last_epoch = self.last_epoch.saturating_add(1);
+        self.format = FORMAT;
+        self.epochs.push(EpochStart {
+            epoch: self.last_epoch,
+            start: head,
+        });
+        self.last_epoch
+    }
+
     /// Writes the table durably: after a crash the file is the old table or the new one.
     pub fn store(&self, path: &Path) -> Result<(), String> {
         let shown = path.display();
@@ -140,6 +153,17 @@ mod tests {
         // The log was lost (head below known starts): cleared, the epoch number still rises.
         assert_eq!(t.bump(0, 5), 5);
         assert_eq!(starts(&t), [(5, 0)]);
+    }
+
+    #[test]
+    fn restart_at_sends_nothing_before_the_head() {
+        let mut t = EpochTable::default();
+        t.bump(0, 40);
+        assert_eq!(t.restart_at(90), 2);
+        assert_eq!(starts(&t), [(2, 90)]);
+        // A poller-style start afterwards still never reuses an epoch.
+        assert_eq!(t.bump(90, 120), 3);
+        assert_eq!(starts(&t), [(2, 90), (3, 120)]);
     }
 
     #[test]

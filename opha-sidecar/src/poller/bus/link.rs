@@ -207,7 +207,7 @@ impl Link {
         let mut cache: Option<LogReader> = None;
         loop {
             let now = self.now();
-            let head = self.log.durable_next_seq();
+            let head = self.log.durable_next_seq().min(self.status.limit());
             self.sender.appended(head, now);
             self.sender.truncated(self.log.oldest_seq());
             self.status.head.store(head, Ordering::Relaxed);

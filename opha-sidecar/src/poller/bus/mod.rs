@@ -81,6 +81,9 @@ pub struct LinkStatus {
     pub fence_timeouts: AtomicU64,
     /// The primary's last answer said it acts for this poller.
     pub acting: AtomicBool,
+    /// Records from this position on are not sent (`u64::MAX`: no limit). A demoted mirror
+    /// drains up to its cut and sends nothing after it.
+    pub limit: AtomicU64,
 }
 
 impl LinkStatus {
@@ -102,6 +105,7 @@ impl LinkStatus {
             grants_sent: AtomicU64::new(0),
             fence_timeouts: AtomicU64::new(0),
             acting: AtomicBool::new(false),
+            limit: AtomicU64::new(u64::MAX),
         }
     }
 
@@ -112,6 +116,21 @@ impl LinkStatus {
     pub fn cursor(&self) -> u64 {
         self.cursor.load(Ordering::Relaxed)
     }
+
+    /// See [`LinkStatus::limit`].
+    pub fn limit(&self) -> u64 {
+        self.limit.load(Ordering::Relaxed)
+    }
+}
+
+/// Where a bus starts sending.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartAt {
+    /// A poller: each receiver from its cursor; a new epoch covers every record still kept.
+    Cursors,
+    /// A promoted mirror (its certificate has the mirror role): one new epoch starting at
+    /// this log position, every receiver's cursor moved there; nothing before it is sent.
+    Head(u64),
 }
 
 /// The bus as a whole: epoch, links, fencing.
@@ -376,6 +395,17 @@ pub fn start(
     stop: Shutdown,
     rt: &tokio::runtime::Handle,
 ) -> anyhow::Result<Option<Bus>> {
+    start_at(cfg, log, stop, rt, StartAt::Cursors)
+}
+
+/// [`start`], from where `at` says.
+pub fn start_at(
+    cfg: &PollerConfig,
+    log: Arc<Log>,
+    stop: Shutdown,
+    rt: &tokio::runtime::Handle,
+    at: StartAt,
+) -> anyhow::Result<Option<Bus>> {
     if cfg.receivers.is_empty() {
         return Ok(None);
     }
@@ -389,12 +419,17 @@ pub fn start(
         .ok_or_else(|| anyhow!("bus.cert: no certificate"))?;
     let me = PeerIdentity::from_certificate(leaf)
         .map_err(|e| anyhow!("bus.cert: {}: {e}", cert.display()))?;
-    if me.peer_id != cfg.poller_id || me.role != PeerRole::Poller {
+    let role = match at {
+        StartAt::Cursors => PeerRole::Poller,
+        StartAt::Head(_) => PeerRole::Mirror,
+    };
+    if me.peer_id != cfg.poller_id || me.role != role {
         bail!(
-            "bus.cert: {} is for {} ({:?}), not for poller {}",
+            "bus.cert: {} is for {} ({:?}), not for {:?} {}",
             cert.display(),
             me.peer_id,
             me.role,
+            role,
             cfg.poller_id
         );
     }
@@ -405,7 +440,15 @@ pub fn start(
     let path = cfg.epoch_file();
     let mut table = EpochTable::load(&path).map_err(|e| anyhow!("bus.epoch_file: {e}"))?;
     let (oldest, head) = (log.oldest_seq(), log.durable_next_seq());
-    let epoch = table.bump(oldest, head);
+    let epoch = match at {
+        StartAt::Cursors => table.bump(oldest, head),
+        StartAt::Head(from) => {
+            if from < oldest || from > head {
+                bail!("bus: start position {from} outside the log ({oldest}..{head})");
+            }
+            table.restart_at(from)
+        }
+    };
     table
         .store(&path)
         .map_err(|e| anyhow!("bus.epoch_file: {e}"))?;
@@ -424,10 +467,15 @@ pub fn start(
     let scfg = cfg.bus.sender_config();
     for (i, r) in cfg.receivers.iter().enumerate() {
         let name = &wanted[i];
-        let cursor = log
+        let mut cursor = log
             .add_cursor(name)
             .with_context(|| format!("receiver[{i}]: log cursor {name:?}"))?
             .min(head);
+        if let StartAt::Head(from) = at {
+            log.set_cursor(name, from)
+                .with_context(|| format!("receiver[{i}]: moving log cursor {name:?} to {from}"))?;
+            cursor = from;
+        }
         let sender = opha_bus::sender::Sender::new(
             scfg.clone(),
             table.epochs.clone(),
