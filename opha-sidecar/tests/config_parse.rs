@@ -534,3 +534,44 @@ fn collect_keys(v: &toml::Value, prefix: &str, out: &mut Vec<String>) {
         _ => {}
     }
 }
+
+#[test]
+fn a_relative_config_path_still_resolves_to_absolute_paths() {
+    // `opha-sidecar poller --config examples/poller.toml`: the file's directory is relative.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("p.toml"),
+        "poller_id = \"p1\"\ninterface = \"eth1\"\ninventory = \"nodes.json\"\n\
+         [[prefix]]\ncidr = \"198.18.0.0/15\"\ntenant = 1\n[log]\ndir = \"state/log\"\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("nodes.json"), "[]").unwrap();
+    let cwd = std::env::current_dir().unwrap();
+    let relative: PathBuf = pathdiff(dir.path(), &cwd).join("p.toml");
+    assert!(relative.is_relative(), "{}", relative.display());
+    let c: PollerConfig = opha_sidecar::config::load_file(&relative)
+        .unwrap_or_else(|e| panic!("{}: {e}", relative.display()));
+    // Absolute (not normalized: `..` steps may remain, as std::path::absolute keeps them).
+    assert!(c.log_dir().is_absolute(), "{}", c.log_dir().display());
+    assert!(c.log_dir().ends_with("state/log"));
+    let inventory = c.inventory.unwrap();
+    assert!(
+        inventory.is_absolute() && inventory.exists(),
+        "{}",
+        inventory.display()
+    );
+}
+
+/// `to` relative to `from` (both absolute), with `..` steps.
+fn pathdiff(to: &Path, from: &Path) -> PathBuf {
+    let (to, from): (Vec<_>, Vec<_>) = (to.components().collect(), from.components().collect());
+    let common = to.iter().zip(&from).take_while(|(a, b)| a == b).count();
+    let mut out = PathBuf::new();
+    for _ in common..from.len() {
+        out.push("..");
+    }
+    for c in &to[common..] {
+        out.push(c);
+    }
+    out
+}

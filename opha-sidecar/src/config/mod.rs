@@ -656,8 +656,14 @@ pub fn load_file<T: ConfigFile>(path: &Path) -> Result<T, ConfigError> {
         file: file.clone(),
         error,
     })?;
-    let base = path.parent().unwrap_or(Path::new("."));
-    from_toml_text(&text, &file, base)
+    // Absolute, so that `--config examples/poller.toml` resolves its relative paths to
+    // absolute ones too (the rules require absolute paths after resolving).
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let base = std::path::absolute(parent).unwrap_or_else(|_| parent.to_path_buf());
+    from_toml_text(&text, &file, &base)
 }
 
 /// Parses, resolves (relative paths against `base_dir`) and validates. `file` names the source
