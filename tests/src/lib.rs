@@ -3,6 +3,7 @@
 
 pub mod browser;
 pub mod checker;
+pub mod home;
 pub mod netns;
 pub mod packets;
 pub mod pins;

@@ -1230,8 +1230,9 @@ pub struct ConfigPrefix {
 }
 
 /// What [`PollerSidecar`] writes into its `poller.toml`. The log directory and the ingest
-/// socket are always inside the guard's own temp dir, and `daemon = []`: a test host runs no
-/// NMIS daemons, and their down events would only be noise.
+/// socket are always inside the guard's own temp dir, and `daemon = []` unless
+/// [`PollerOptions::daemons`] are given: a test host runs no NMIS daemons, and their down
+/// events would only be noise.
 #[derive(Clone, Debug)]
 pub struct PollerOptions {
     pub poller_id: String,
@@ -1249,6 +1250,8 @@ pub struct PollerOptions {
     /// TOML appended verbatim: whole tables other than `[log]`, `[ingest]` and `[metrics]`
     /// (written by the guard), e.g. `[intervals]` and `[thresholds]`.
     pub extra: String,
+    /// `[[daemon]]` tables (TOML) of daemons the test runs itself; empty: `daemon = []`.
+    pub daemons: String,
 }
 
 /// Local ingest and Prometheus addresses of a [`PollerSidecar`]. Every namespace has its own
@@ -1294,6 +1297,7 @@ impl PollerOptions {
             metrics: Some(METRICS_HTTP),
             ingest_max_body: None,
             extra: String::new(),
+            daemons: String::new(),
         }
     }
 
@@ -1326,7 +1330,9 @@ impl PollerOptions {
         let _ = writeln!(s, "poller_id = {}", toml_str(&self.poller_id));
         let _ = writeln!(s, "interface = {}", toml_str(&self.interface));
         let _ = writeln!(s, "instance = {}", toml_str(&self.instance));
-        s.push_str("daemon = []\n");
+        if self.daemons.is_empty() {
+            s.push_str("daemon = []\n");
+        }
         for p in &self.prefixes {
             let _ = writeln!(
                 s,
@@ -1352,6 +1358,8 @@ impl PollerOptions {
             toml_str(&listen(&self.metrics))
         );
         s.push_str(&self.extra);
+        s.push('\n');
+        s.push_str(&self.daemons);
         s
     }
 }

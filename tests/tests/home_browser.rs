@@ -1,14 +1,13 @@
 //! The Home view in a real browser (issue 5 §5): Debian's headless Chromium, driven through
 //! chromedriver, pastes a token, connects, and watches the page follow the live stream.
 //!
-//! The scenario ([`scenario`]) only talks to a [`HomeTarget`]: where the page is, which
-//! tokens to paste, what it should show at first, and two actions (stop a daemon on a
-//! poller, take a node down). [`InProcess`] serves `opha_api` over a seeded store and
-//! publishes into its `LiveHub` as a receiver would; a primary fed by a real poller in
-//! network namespaces implements the same trait by stopping a real daemon and taking a
-//! real node down.
+//! The scenario (`opha_tests::home::scenario`) only talks to a `HomeTarget`: where the page
+//! is, which tokens to paste, what it should show at first, and two actions (stop a daemon
+//! on a poller, take a node down). [`InProcess`] serves `opha_api` over a seeded store and
+//! publishes into its `LiveHub` as a receiver would; `home_browser_real.rs` implements the
+//! same trait with a primary fed by a real poller in network namespaces.
 
-use anyhow::{Context as _, Result, anyhow, ensure};
+use anyhow::Result;
 use opha_api::live::{LiveConfig, LiveHub, PeerView, StreamState};
 use opha_api::{Api, ApiConfig, mint};
 use opha_common::wire::{
@@ -18,56 +17,11 @@ use opha_common::wire::{
 };
 use opha_store::{Store, StoreConfig};
 use opha_tests::browser::{Browser, browser_paths};
-use serde_json::json;
+use opha_tests::home::{DAEMONS, Expect, HomeTarget, Kpi, LIVE, scenario};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-/// How long a change on a peer may take to show on the page (the issue's bound).
-const LIVE: Duration = Duration::from_secs(5);
-/// Loading the page and its first snapshot.
-const LOAD: Duration = Duration::from_secs(20);
-/// `--down` of home.css: the red of a stopped daemon's light.
-const RED: &str = "rgb(217, 45, 32)";
-const GREEN: &str = "rgb(31, 157, 85)";
-
-/// What the page should show right after connecting as the operator.
-struct Expect {
-    /// Every card the operator sees, with the tenants each carries nodes for (none: only
-    /// operators see it, e.g. the primary itself).
-    peers: Vec<(String, Vec<u32>)>,
-    /// A daemon already stopped on a poller: its light is red from the start.
-    stopped: (String, String),
-    /// A daemon running on a poller (its light green) that the test stops.
-    to_stop: (String, String),
-    /// Two tenants with their own tokens; the second is the one the test reconnects as.
-    tenants: [u32; 2],
-    /// Exact KPIs when the target knows them (the in-process seed does).
-    kpi: Option<Kpi>,
-}
-
-#[derive(Clone, Copy, Debug)]
-struct Kpi {
-    peers_up: u64,
-    peers_total: u64,
-    nodes: u64,
-    events_hour: u64,
-    services: [u64; 3],
-}
-
-/// The system under test, as the browser scenario sees it.
-trait HomeTarget {
-    /// The page's URL (`http://127.0.0.1:PORT/`).
-    fn url(&self) -> String;
-    fn operator_token(&self) -> &str;
-    fn tenant_token(&self, tenant: u32) -> &str;
-    fn expect(&self) -> &Expect;
-    /// Stops `daemon` on `peer`; returns once the change is made (not once it is visible).
-    fn stop_daemon(&mut self, peer: &str, daemon: &str) -> Result<()>;
-    /// Takes one of `tenant`'s nodes down; returns the node as the page keys it (`vlan@addr`).
-    fn take_node_down(&mut self, tenant: u32) -> Result<String>;
-}
+use std::time::{SystemTime, UNIX_EPOCH};
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -145,15 +99,6 @@ fn health(daemon: &str, state: DaemonState, now: u64) -> DaemonHealth {
         },
     }
 }
-
-const DAEMONS: [&str; 6] = [
-    "opchartsd",
-    "opeventsd",
-    "opconfigd",
-    "nmis9d",
-    "omkd",
-    "ophad",
-];
 
 /// `opha_api` served on 127.0.0.1:0 by a runtime of its own, over a store seeded with two
 /// tenants: poller-a carries tenant 1 (5 nodes; opeventsd stopped), poller-b tenant 2
@@ -288,6 +233,9 @@ impl InProcess {
                     events_hour: 5,
                     services: [1, 1, 1],
                 }),
+                node_down_within: LIVE,
+                shot: "home-browser".into(),
+                operator_extra_tenants: vec![],
             },
             stop: Some(tx),
             seq: AtomicU64::new(1000),
@@ -352,250 +300,6 @@ impl Drop for InProcess {
     }
 }
 
-/// The light of `daemon` on `peer`'s card.
-fn light(peer: &str, daemon: &str) -> String {
-    format!(r#"#peers article[data-peer="{peer}"] li.light[data-daemon="{daemon}"]"#)
-}
-
-/// The color the light's dot is painted in (its `::before`).
-fn light_color(b: &Browser, peer: &str, daemon: &str) -> Result<String> {
-    let v = b.eval(
-        "const e = document.querySelector(arguments[0]);\
-         return e ? getComputedStyle(e, '::before').backgroundColor : null;",
-        &[json!(light(peer, daemon))],
-    )?;
-    v.as_str()
-        .map(str::to_string)
-        .ok_or_else(|| anyhow!("no light {daemon} on {peer}"))
-}
-
-fn kpi(b: &Browser, id: &str) -> Result<Option<u64>> {
-    let v = b.attrs(&format!("#{id}"), "data-value")?;
-    Ok(v.first()
-        .cloned()
-        .flatten()
-        .and_then(|s| s.parse::<u64>().ok()))
-}
-
-fn sorted(mut v: Vec<String>) -> Vec<String> {
-    v.sort();
-    v
-}
-
-/// The card ids shown, sorted.
-fn cards(b: &Browser) -> Result<Vec<String>> {
-    Ok(sorted(
-        b.attrs("#peers article.peer", "data-peer")?
-            .into_iter()
-            .flatten()
-            .collect(),
-    ))
-}
-
-/// Pastes `token`, connects, and waits for the snapshot and the live stream.
-fn connect(b: &Browser, token: &str, scope: &str) -> Result<()> {
-    b.type_into("#token", token)?;
-    b.click("#connect")?;
-    b.wait_attr("#scope", "data-scope", scope, LOAD)?;
-    b.wait_attr("#app", "data-ready", "true", LOAD)?;
-    b.wait_attr("#live-status", "data-live", "live", LOAD)?;
-    Ok(())
-}
-
-fn scenario(t: &mut dyn HomeTarget, b: &Browser) -> Result<()> {
-    b.goto(&t.url())?;
-    b.wait_attr("#live-status", "data-live", "idle", LOAD)?;
-    ensure!(
-        b.count("#peers article.peer")? == 0,
-        "cards before a token was given"
-    );
-
-    // ---- the operator's consolidated view ----
-    connect(b, t.operator_token(), "operator")?;
-    let exp = t.expect();
-    let want: Vec<String> = sorted(exp.peers.iter().map(|(p, _)| p.clone()).collect());
-    b.wait_count("#peers article.peer", want.len(), LOAD)?;
-    ensure!(
-        cards(b)? == want,
-        "cards {:?}, expected {want:?}",
-        cards(b)?
-    );
-    for (p, _) in &exp.peers {
-        let card = format!(r#"#peers article[data-peer="{p}"]"#);
-        ensure!(
-            b.text(&format!("{card} .peer-id"))? == *p,
-            "card title of {p}"
-        );
-        ensure!(
-            b.attrs(&card, "data-up")? == [Some("true".into())],
-            "{p} is not shown up"
-        );
-        ensure!(
-            b.count(&format!("{card} li.light"))? >= DAEMONS.len(),
-            "{p}: fewer lights than daemons"
-        );
-    }
-    // Every poller's heartbeat is fresh.
-    for (p, tenants) in &exp.peers {
-        if !tenants.is_empty() {
-            let words = b.text(&format!(r#"#peers article[data-peer="{p}"] .heartbeat"#))?;
-            ensure!(words == "a few seconds ago", "{p}: heartbeat {words:?}");
-        }
-    }
-    let (sp, sd) = exp.stopped.clone();
-    b.wait_attr(&light(&sp, &sd), "data-state", "down", LIVE)?;
-    ensure!(
-        light_color(b, &sp, &sd)? == RED,
-        "stopped {sd} on {sp} is not red"
-    );
-    let (lp, ld) = exp.to_stop.clone();
-    b.wait_attr(&light(&lp, &ld), "data-state", "up", LIVE)?;
-    ensure!(
-        light_color(b, &lp, &ld)? == GREEN,
-        "running {ld} on {lp} is not green"
-    );
-    let others_up = |b: &Browser, peer: &str, except: &[&str]| -> Result<()> {
-        for d in DAEMONS.iter().filter(|d| !except.contains(d)) {
-            let st = b.attrs(&light(peer, d), "data-state")?;
-            ensure!(
-                st == [Some("up".into())],
-                "{peer}: {d} shows {st:?}, expected up"
-            );
-        }
-        Ok(())
-    };
-    others_up(b, &sp, &[&sd])?;
-    if let Some(k) = exp.kpi {
-        for (id, v) in [
-            ("kpi-peers-up", k.peers_up),
-            ("kpi-peers-total", k.peers_total),
-            ("kpi-nodes-monitored", k.nodes),
-            ("kpi-events-hour", k.events_hour),
-            ("kpi-services-up", k.services[0]),
-            ("kpi-services-degraded", k.services[1]),
-            ("kpi-services-down", k.services[2]),
-        ] {
-            b.wait_attr(&format!("#{id}"), "data-value", &v.to_string(), LIVE)
-                .with_context(|| format!("KPI {id}"))?;
-        }
-        ensure!(b.text("#kpi-nodes-monitored")? == k.nodes.to_string());
-    }
-    let [t_a, t_b] = exp.tenants;
-    ensure!(
-        sorted(
-            b.attrs("#tenants-body tr", "data-tenant")?
-                .into_iter()
-                .flatten()
-                .collect()
-        ) == sorted(vec![t_a.to_string(), t_b.to_string()]),
-        "tenant rows"
-    );
-
-    // ---- a daemon stops: its light turns red live, the others keep their state ----
-    let events_before = kpi(b, "kpi-events-hour")?.unwrap_or(0);
-    t.stop_daemon(&lp, &ld)?;
-    b.wait_attr(&light(&lp, &ld), "data-state", "down", LIVE)
-        .context("the stopped daemon's light did not turn red in time")?;
-    ensure!(light_color(b, &lp, &ld)? == RED, "{ld} on {lp} is not red");
-    others_up(b, &lp, &[&ld])?;
-
-    // ---- a node goes down: the event appears in the live list ----
-    let down = t.take_node_down(t_a)?;
-    let row = format!(r#"#events li[data-kind="node_down"][data-node="{down}"]"#);
-    b.wait_attr(&row, "data-tenant", &t_a.to_string(), LIVE)
-        .context("the node_down event did not appear live")?;
-    b.wait_for(
-        "#kpi-events-hour",
-        "data-value",
-        |v| v.and_then(|v| v.parse::<u64>().ok()) == Some(events_before + 1),
-        LIVE,
-    )?;
-    ensure!(
-        b.attrs("#events li", "data-event-id")?.len() > 1,
-        "the stored events are listed too"
-    );
-    let shot = b.screenshot("home-browser")?;
-    eprintln!("screenshot: {}", shot.display());
-
-    // ---- a tenant token: only that tenant's peers and events ----
-    connect(b, t.tenant_token(t_b), &format!("tenant-{t_b}"))?;
-    let exp = t.expect();
-    let theirs: Vec<String> = sorted(
-        exp.peers
-            .iter()
-            .filter(|(_, ts)| ts.contains(&t_b))
-            .map(|(p, _)| p.clone())
-            .collect(),
-    );
-    b.wait_count("#peers article.peer", theirs.len(), LOAD)?;
-    ensure!(
-        cards(b)? == theirs,
-        "tenant {t_b} sees cards {:?}",
-        cards(b)?
-    );
-    let rows: Vec<String> = b
-        .attrs("#tenants-body tr", "data-tenant")?
-        .into_iter()
-        .flatten()
-        .collect();
-    ensure!(
-        rows == [t_b.to_string()],
-        "tenant {t_b} sees tenant rows {rows:?}"
-    );
-    let offered: Vec<String> = b
-        .attrs("#f-tenant option", "value")?
-        .into_iter()
-        .flatten()
-        .filter(|v| !v.is_empty())
-        .collect();
-    ensure!(
-        offered == [t_b.to_string()],
-        "tenant {t_b}'s filter offers tenants {offered:?}"
-    );
-    let tenants_of = |b: &Browser| -> Result<Vec<String>> {
-        Ok(b.attrs("#events li", "data-tenant")?
-            .into_iter()
-            .flatten()
-            .collect())
-    };
-    let evs = tenants_of(b)?;
-    ensure!(!evs.is_empty(), "tenant {t_b} sees none of its events");
-    ensure!(
-        evs.iter().all(|x| *x == t_b.to_string()),
-        "tenant {t_b} sees events of tenants {evs:?}"
-    );
-    ensure!(b.count(&row)? == 0, "tenant {t_b} sees {t_a}'s node_down");
-    let svc: Vec<String> = b
-        .attrs("#services-body tr", "data-tenant")?
-        .into_iter()
-        .flatten()
-        .collect();
-    ensure!(
-        svc.iter().all(|x| *x == t_b.to_string()),
-        "tenant {t_b} sees services of tenants {svc:?}"
-    );
-
-    // Live: the other tenant's node goes down first, then this tenant's; once this one is
-    // shown, the other must not be (one stream, in order).
-    let other = t.take_node_down(t_a)?;
-    let own = t.take_node_down(t_b)?;
-    b.wait_attr(
-        &format!(r#"#events li[data-kind="node_down"][data-node="{own}"]"#),
-        "data-tenant",
-        &t_b.to_string(),
-        LIVE,
-    )
-    .context("the tenant's own node_down did not appear live")?;
-    let evs = tenants_of(b)?;
-    ensure!(
-        evs.iter().all(|x| *x == t_b.to_string()),
-        "tenant {t_b} sees events of tenants {evs:?} (other tenant's node {other})"
-    );
-    let shot = b.screenshot("home-browser-tenant")?;
-    eprintln!("screenshot: {}", shot.display());
-    Ok(())
-}
-
 #[test]
 fn home_view_in_a_browser() {
     let Some((chromium, driver)) = browser_paths("home_view_in_a_browser") else {
@@ -604,7 +308,11 @@ fn home_view_in_a_browser() {
     // Declared first, dropped last: the browser goes before the server it talks to.
     let mut target = InProcess::start().expect("in-process primary");
     let browser = Browser::start(&chromium, &driver).expect("browser starts");
-    if let Err(e) = scenario(&mut target, &browser) {
+    let took = scenario(&mut target, &browser);
+    if let Ok(t) = &took {
+        eprintln!("home_view_in_a_browser: shown after {t:?}");
+    }
+    if let Err(e) = took {
         let shot = browser.screenshot("home-browser-failure").ok();
         let log = browser.driver_log();
         let tail: String = log
