@@ -141,3 +141,51 @@ async fn unregistered_poller_and_client_without_certificate_are_refused() {
     assert_eq!(rx.shared.metrics.rejects("wrong_role"), 0);
     rx.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pollers_events_about_itself_go_to_the_operators_file_and_nothing_else_does() {
+    use opha_common::wire::{
+        Event, EventId, EventKind, PeerId, Record, Severity, Subject, TenantId,
+    };
+    let pki = Pki::new();
+    let rx = start_receiver(&pki, "[[poller]]\nid = \"poller-1\"\ntenants = [1]\n").await;
+    let own = pki.issue("poller-1", PeerRole::Poller, &[1]);
+    let (ep, cfg) = client_endpoint(&pki, &own);
+    let peer_event = |n: u128, about: &str| {
+        opha_sidecar::ingest::sink::encode_record(&Record::Event(Event {
+            id: EventId::from_u128(1000 + n),
+            time_ms: 1_700_000_000_000,
+            tenant: TenantId(0),
+            subject: Subject::Peer(PeerId::new(about).unwrap()),
+            kind: EventKind::DaemonDown {
+                daemon: "nmis9d".into(),
+            },
+            severity: Severity::Major,
+            details: "nmis9d not running".into(),
+        }))
+        .unwrap()
+    };
+    let log = vec![
+        peer_event(1, "poller-1"), // about itself: the operator's file
+        event(0, 7),               // tenant 0 about a node: refused
+        peer_event(2, "poller-2"), // about another peer: refused
+        event(1, 8),
+    ];
+    let s = deliver(&ep, &cfg, rx.addr, 1, &log, false).await;
+    assert_eq!(s.cursor(), 4);
+    assert_eq!(count(&rx, 1), 1);
+    // Tenant 0's file: the poller's own event, plus the receiver's report of the 2 refusals.
+    let db = rx.shared.store.tenant(TenantId(0)).unwrap();
+    let held = db.held_ranges(&PeerId::new("poller-1").unwrap()).unwrap();
+    let seqs: Vec<u64> = held
+        .iter()
+        .flat_map(|(_, r)| r.iter().flat_map(|x| x.start..x.end).collect::<Vec<_>>())
+        .collect();
+    assert_eq!(
+        seqs,
+        vec![0],
+        "only the poller's own event is stored under its key"
+    );
+    assert_eq!(rx.shared.metrics.rejects("wrong_tenant"), 2);
+    rx.shutdown().await;
+}

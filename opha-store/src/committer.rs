@@ -31,12 +31,15 @@ impl Default for CommitterConfig {
 }
 
 type Reply = Result<CommitOutcome, StoreError>;
+/// The outcome and the batch's records, handed back so that a caller can still use them after
+/// the commit (e.g. publish them) without having kept a copy.
+type Answer = (Reply, Vec<(u64, Record)>);
 
 struct Job {
     poller: PollerId,
     epoch: u64,
     records: Vec<(u64, Record)>,
-    reply: mpsc::SyncSender<Reply>,
+    reply: mpsc::SyncSender<Answer>,
 }
 
 /// The group-commit thread of one [`TenantDb`]. Dropping it finishes the queued batches and
@@ -47,18 +50,26 @@ pub struct Committer {
 }
 
 /// The answer to one submitted batch.
-pub struct Ticket(mpsc::Receiver<Reply>);
+pub struct Ticket(mpsc::Receiver<Answer>);
 
 impl Ticket {
     /// Blocks until the batch's group is committed (or failed).
     pub fn wait(self) -> Reply {
-        self.0.recv().unwrap_or(Err(StoreError::CommitterStopped))
+        self.wait_with_records().0
+    }
+
+    /// As [`Ticket::wait`], and gives back the submitted records (empty if the committer
+    /// thread died with them).
+    pub fn wait_with_records(self) -> (Reply, Vec<(u64, Record)>) {
+        self.0
+            .recv()
+            .unwrap_or((Err(StoreError::CommitterStopped), Vec::new()))
     }
 
     /// The answer if it is there already.
     pub fn try_wait(&self) -> Option<Reply> {
         match self.0.try_recv() {
-            Ok(r) => Some(r),
+            Ok((r, _)) => Some(r),
             Err(mpsc::TryRecvError::Empty) => None,
             Err(mpsc::TryRecvError::Disconnected) => Some(Err(StoreError::CommitterStopped)),
         }
@@ -136,7 +147,7 @@ fn run(db: TenantDb, rx: mpsc::Receiver<Job>, config: CommitterConfig) {
         drop(batches);
         for (job, result) in jobs.into_iter().zip(results) {
             // A caller that gave up waiting is no error.
-            let _ = job.reply.send(result);
+            let _ = job.reply.send((result, job.records));
         }
     }
 }

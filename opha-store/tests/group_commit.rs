@@ -84,3 +84,37 @@ fn a_bad_batch_in_a_group_fails_alone() {
     // Dropping the committer drains and joins; tickets of a dropped committer say so.
     drop(committer);
 }
+
+/// Batches submitted without waiting (as a receiver pipelines a poller's batches) are
+/// answered in submission order, each with its own outcome and its records handed back.
+#[test]
+fn pipelined_submits_are_answered_in_order_with_their_records() {
+    let (_d, store) = store();
+    let db = store.tenant(TenantId(1)).unwrap();
+    let committer = Committer::new(db.clone(), CommitterConfig::default()).unwrap();
+    let p = poller("pipe");
+    let tickets: Vec<_> = (0..20u64)
+        .map(|b| {
+            // Batch 10 repeats batch 9: all duplicates, whichever group they land in.
+            let start = if b == 10 { 9 * 50 } else { b * 50 };
+            let records: Vec<(u64, Record)> = (start..start + 50)
+                .map(|s| (s, node_down(1, (s % 7) as u16, s)))
+                .collect();
+            (start, committer.submit(p.clone(), 1, records))
+        })
+        .collect();
+    for (start, t) in tickets {
+        let (outcome, records) = t.wait_with_records();
+        let o = outcome.unwrap();
+        let seqs: Vec<u64> = records.iter().map(|(s, _)| *s).collect();
+        assert_eq!(seqs, (start..start + 50).collect::<Vec<_>>());
+        if start == 9 * 50 && o.stored == 0 {
+            assert_eq!(o.duplicates, 50);
+        } else {
+            assert_eq!((o.stored, o.duplicates), (50, 0));
+        }
+        assert!(o.held.contains(start + 49));
+    }
+    let want: Vec<u64> = (0..20 * 50).filter(|s| !(500..550).contains(s)).collect();
+    assert_eq!(stored_seqs(db.path(), "pipe", 1), want);
+}

@@ -475,10 +475,9 @@ address = "{bus}"
                 kpi: None,
                 node_down_within: NODE_DOWN_WITHIN,
                 shot: "home-browser-real".into(),
-                // KNOWN BUG (reported): the poller's own daemon_down/daemon_up events carry
-                // tenant 0 (PEER_TENANT); the primary refuses them as wrong_tenant and files
-                // its refusal reports under tenant 0 (REPORT_TENANT), which the operator
-                // then sees as a tenant row. Remove once the receiver stores peer events.
+                // The poller's own daemon_down/daemon_up events carry the operator's tenant 0
+                // (PEER_TENANT) and are stored in the operator's file, which the operator
+                // sees as a tenant row (tenant tokens do not).
                 operator_extra_tenants: vec![0],
             },
             poller_id,
