@@ -18,8 +18,8 @@
 //!
 //! # Frames
 //!
-//! The bus layout ([`crate::message`]) with kinds of their own (0x120..=0x12f is reserved
-//! for config push):
+//! The bus layout and codec ([`crate::frame`]) with kinds of their own (0x120..=0x12f is
+//! reserved for config push):
 //!
 //! | kind  | message          | direction        |
 //! |-------|------------------|------------------|
@@ -31,8 +31,8 @@
 //! primary and again at the poller): the bus does not need to know its schema. Decoding is
 //! strict (canonical postcard) and bounded ([`MAX_CONFIG_BYTES`], [`MAX_REASON`]).
 
-use crate::message::{BusError, strict};
-use opha_common::wire::{HEADER_LEN, MAGIC, PROTOCOL_VERSION, version_supported};
+use crate::frame::{FrameHeader, FrameKinds, FrameMessage, frame_codec, strict};
+use crate::message::BusError;
 use serde::{Deserialize, Serialize};
 
 /// Longest config text a push carries.
@@ -119,124 +119,52 @@ impl ConfigMessage {
 }
 
 /// A parsed config frame header.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ConfigHeader {
-    pub version: u16,
-    pub kind: ConfigKind,
-    pub len: u32,
-}
+pub type ConfigHeader = FrameHeader<ConfigKind>;
 
-/// Encodes and decodes config frames with a bound on the payload.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ConfigFrame {
-    pub max_payload: u32,
-}
+frame_codec!(
+    /// Encodes and decodes config frames with a bound on the payload.
+    ConfigFrame,
+    ConfigMessage,
+    DEFAULT_MAX_PAYLOAD
+);
 
-impl Default for ConfigFrame {
-    fn default() -> Self {
-        Self {
-            max_payload: DEFAULT_MAX_PAYLOAD,
-        }
+impl FrameKinds for ConfigKind {
+    fn from_u16(v: u16) -> Option<Self> {
+        ConfigKind::from_u16(v)
+    }
+
+    fn as_u16(self) -> u16 {
+        self as u16
     }
 }
 
-impl ConfigFrame {
-    /// Appends one frame to `out`; returns its length. On error `out` is left as it was.
-    pub fn encode_into(&self, msg: &ConfigMessage, out: &mut Vec<u8>) -> Result<usize, BusError> {
-        validate(msg)?;
-        let payload = match msg {
+impl FrameMessage for ConfigMessage {
+    type Kind = ConfigKind;
+
+    const VALIDATE_ON_ENCODE: bool = true;
+
+    fn kind(&self) -> ConfigKind {
+        ConfigMessage::kind(self)
+    }
+
+    fn to_payload(&self) -> Result<Vec<u8>, postcard::Error> {
+        match self {
             ConfigMessage::Push(m) => postcard::to_allocvec(m),
             ConfigMessage::Result(m) => postcard::to_allocvec(m),
             ConfigMessage::State(m) => postcard::to_allocvec(m),
-        }?;
-        let len = match u32::try_from(payload.len()) {
-            Ok(l) if l <= self.max_payload => l,
-            _ => {
-                return Err(BusError::TooLong {
-                    len: payload.len(),
-                    max: self.max_payload,
-                });
-            }
-        };
-        out.extend_from_slice(&MAGIC);
-        out.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
-        out.extend_from_slice(&(msg.kind() as u16).to_le_bytes());
-        out.extend_from_slice(&len.to_le_bytes());
-        out.extend_from_slice(&payload);
-        Ok(HEADER_LEN + payload.len())
+        }
     }
 
-    pub fn encode(&self, msg: &ConfigMessage) -> Result<Vec<u8>, BusError> {
-        let mut out = Vec::new();
-        self.encode_into(msg, &mut out)?;
-        Ok(out)
-    }
-
-    /// Reads and checks the header at the start of `bytes` (checks run on whatever prefix is
-    /// present).
-    pub fn header(&self, bytes: &[u8]) -> Result<ConfigHeader, BusError> {
-        let truncated = BusError::Truncated {
-            needed: HEADER_LEN,
-            available: bytes.len(),
-        };
-        let at = |i: usize| bytes.get(i).copied();
-        let (Some(m0), Some(m1)) = (at(0), at(1)) else {
-            return Err(truncated);
-        };
-        if [m0, m1] != MAGIC {
-            return Err(BusError::BadMagic { found: [m0, m1] });
-        }
-        let (Some(v0), Some(v1)) = (at(2), at(3)) else {
-            return Err(truncated);
-        };
-        let version = u16::from_le_bytes([v0, v1]);
-        if !version_supported(version) {
-            return Err(BusError::UnsupportedVersion { found: version });
-        }
-        let (Some(k0), Some(k1)) = (at(4), at(5)) else {
-            return Err(truncated);
-        };
-        let raw = u16::from_le_bytes([k0, k1]);
-        let kind = ConfigKind::from_u16(raw).ok_or(BusError::UnknownKind { kind: raw })?;
-        let Some(&l) = bytes.get(6..10).and_then(|s| s.first_chunk::<4>()) else {
-            return Err(truncated);
-        };
-        let len = u32::from_le_bytes(l);
-        if len > self.max_payload {
-            return Err(BusError::TooLong {
-                len: len as usize,
-                max: self.max_payload,
-            });
-        }
-        Ok(ConfigHeader { version, kind, len })
-    }
-
-    /// Decodes the frame at the start of `bytes`; returns it and its length.
-    pub fn decode_prefix(&self, bytes: &[u8]) -> Result<(ConfigMessage, usize), BusError> {
-        let header = self.header(bytes)?;
-        let total = HEADER_LEN + header.len as usize;
-        let Some(payload) = bytes.get(HEADER_LEN..total) else {
-            return Err(BusError::Truncated {
-                needed: total,
-                available: bytes.len(),
-            });
-        };
-        let msg = match header.kind {
+    fn from_payload(kind: ConfigKind, payload: &[u8]) -> Result<Self, BusError> {
+        Ok(match kind {
             ConfigKind::Push => ConfigMessage::Push(strict(payload)?),
             ConfigKind::Result => ConfigMessage::Result(strict(payload)?),
             ConfigKind::State => ConfigMessage::State(strict(payload)?),
-        };
-        validate(&msg)?;
-        Ok((msg, total))
+        })
     }
 
-    /// Decodes exactly one frame.
-    pub fn decode(&self, bytes: &[u8]) -> Result<ConfigMessage, BusError> {
-        let (msg, len) = self.decode_prefix(bytes)?;
-        match bytes.len() - len {
-            0 => Ok(msg),
-            extra => Err(BusError::TrailingBytes { extra }),
-        }
+    fn validate(&self) -> Result<(), BusError> {
+        validate(self)
     }
 }
 

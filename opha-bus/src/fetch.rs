@@ -13,7 +13,7 @@
 //!
 //! # Messages and frames
 //!
-//! Frames have the bus layout ([`crate::message`]), with kinds of their own:
+//! Frames have the bus layout and codec ([`crate::frame`]), with kinds of their own:
 //!
 //! | kind  | message          | direction                          |
 //! |-------|------------------|------------------------------------|
@@ -35,9 +35,10 @@
 //! Which tenants a record may belong to is the driver's check (it knows the poller's
 //! certificate and registry).
 
-use crate::message::{BusError, Entry, strict};
+use crate::frame::{FrameHeader, FrameKinds, FrameMessage, frame_codec, strict};
+use crate::message::{BusError, Entry};
 use crate::ranges::RangeSet;
-use opha_common::wire::{HEADER_LEN, MAGIC, PROTOCOL_VERSION, PollerId, version_supported};
+use opha_common::wire::PollerId;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -145,125 +146,52 @@ impl FetchMessage {
 }
 
 /// A parsed fetch frame header.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FetchHeader {
-    pub version: u16,
-    pub kind: FetchKind,
-    pub len: u32,
-}
+pub type FetchHeader = FrameHeader<FetchKind>;
 
-/// Encodes and decodes fetch frames with a bound on the payload.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FetchFrame {
-    pub max_payload: u32,
-}
+frame_codec!(
+    /// Encodes and decodes fetch frames with a bound on the payload.
+    FetchFrame,
+    FetchMessage,
+    DEFAULT_MAX_PAYLOAD
+);
 
-impl Default for FetchFrame {
-    fn default() -> Self {
-        Self {
-            max_payload: DEFAULT_MAX_PAYLOAD,
-        }
+impl FrameKinds for FetchKind {
+    fn from_u16(v: u16) -> Option<Self> {
+        FetchKind::from_u16(v)
+    }
+
+    fn as_u16(self) -> u16 {
+        self as u16
     }
 }
 
-impl FetchFrame {
-    /// Appends one frame to `out`; returns its length. On error `out` is left as it was.
-    pub fn encode_into(&self, msg: &FetchMessage, out: &mut Vec<u8>) -> Result<usize, BusError> {
-        let payload = match msg {
+impl FrameMessage for FetchMessage {
+    type Kind = FetchKind;
+
+    fn kind(&self) -> FetchKind {
+        FetchMessage::kind(self)
+    }
+
+    fn to_payload(&self) -> Result<Vec<u8>, postcard::Error> {
+        match self {
             FetchMessage::Request(m) => postcard::to_allocvec(m),
             FetchMessage::Entries(m) => postcard::to_allocvec(m),
             FetchMessage::Done(m) => postcard::to_allocvec(m),
             FetchMessage::Refuse(m) => postcard::to_allocvec(m),
-        }?;
-        let len = match u32::try_from(payload.len()) {
-            Ok(l) if l <= self.max_payload => l,
-            _ => {
-                return Err(BusError::TooLong {
-                    len: payload.len(),
-                    max: self.max_payload,
-                });
-            }
-        };
-        out.extend_from_slice(&MAGIC);
-        out.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
-        out.extend_from_slice(&(msg.kind() as u16).to_le_bytes());
-        out.extend_from_slice(&len.to_le_bytes());
-        out.extend_from_slice(&payload);
-        Ok(HEADER_LEN + payload.len())
+        }
     }
 
-    pub fn encode(&self, msg: &FetchMessage) -> Result<Vec<u8>, BusError> {
-        let mut out = Vec::new();
-        self.encode_into(msg, &mut out)?;
-        Ok(out)
-    }
-
-    /// Reads and checks the header at the start of `bytes` (checks run on whatever prefix is
-    /// present).
-    pub fn header(&self, bytes: &[u8]) -> Result<FetchHeader, BusError> {
-        let truncated = BusError::Truncated {
-            needed: HEADER_LEN,
-            available: bytes.len(),
-        };
-        let at = |i: usize| bytes.get(i).copied();
-        let (Some(m0), Some(m1)) = (at(0), at(1)) else {
-            return Err(truncated);
-        };
-        if [m0, m1] != MAGIC {
-            return Err(BusError::BadMagic { found: [m0, m1] });
-        }
-        let (Some(v0), Some(v1)) = (at(2), at(3)) else {
-            return Err(truncated);
-        };
-        let version = u16::from_le_bytes([v0, v1]);
-        if !version_supported(version) {
-            return Err(BusError::UnsupportedVersion { found: version });
-        }
-        let (Some(k0), Some(k1)) = (at(4), at(5)) else {
-            return Err(truncated);
-        };
-        let raw = u16::from_le_bytes([k0, k1]);
-        let kind = FetchKind::from_u16(raw).ok_or(BusError::UnknownKind { kind: raw })?;
-        let Some(&l) = bytes.get(6..10).and_then(|s| s.first_chunk::<4>()) else {
-            return Err(truncated);
-        };
-        let len = u32::from_le_bytes(l);
-        if len > self.max_payload {
-            return Err(BusError::TooLong {
-                len: len as usize,
-                max: self.max_payload,
-            });
-        }
-        Ok(FetchHeader { version, kind, len })
-    }
-
-    /// Decodes the frame at the start of `bytes`; returns it and its length.
-    pub fn decode_prefix(&self, bytes: &[u8]) -> Result<(FetchMessage, usize), BusError> {
-        let header = self.header(bytes)?;
-        let total = HEADER_LEN + header.len as usize;
-        let Some(payload) = bytes.get(HEADER_LEN..total) else {
-            return Err(BusError::Truncated {
-                needed: total,
-                available: bytes.len(),
-            });
-        };
-        let msg = match header.kind {
+    fn from_payload(kind: FetchKind, payload: &[u8]) -> Result<Self, BusError> {
+        Ok(match kind {
             FetchKind::Request => FetchMessage::Request(strict(payload)?),
             FetchKind::Entries => FetchMessage::Entries(strict(payload)?),
             FetchKind::Done => FetchMessage::Done(strict(payload)?),
             FetchKind::Refuse => FetchMessage::Refuse(strict(payload)?),
-        };
-        validate(&msg)?;
-        Ok((msg, total))
+        })
     }
 
-    /// Decodes exactly one frame.
-    pub fn decode(&self, bytes: &[u8]) -> Result<FetchMessage, BusError> {
-        let (msg, len) = self.decode_prefix(bytes)?;
-        match bytes.len() - len {
-            0 => Ok(msg),
-            extra => Err(BusError::TrailingBytes { extra }),
-        }
+    fn validate(&self) -> Result<(), BusError> {
+        validate(self)
     }
 }
 

@@ -6,6 +6,7 @@
 //! "store these records").
 //!
 //! - [`message`]: the bus messages and their frames ([`message::BusFrame`]).
+//! - [`frame`]: the frame codec that `message`, `fetch` and `config_push` share.
 //! - [`compress`]: zstd for batch bodies, as pure functions.
 //! - [`ranges`]: a set of sequence ranges (received/acknowledged), serde for the store.
 //! - [`sender`]: the poller's side, one per receiver.
@@ -27,6 +28,7 @@ pub mod compress;
 pub mod config_push;
 pub mod fencing;
 pub mod fetch;
+pub mod frame;
 pub mod message;
 pub mod ranges;
 pub mod receiver;

@@ -17,7 +17,8 @@
 //! | 0x105 | [`Grant`]    | poller -> primary  |
 //! | 0x106 | [`Term`]     | primary -> poller  |
 //!
-//! They are decoded here rather than by `opha_common::wire::FrameCodec`, whose `FrameKind`
+//! The codec is [`crate::frame`]'s, shared with the other bus message families. They are
+//! decoded there rather than by `opha_common::wire::FrameCodec`, whose `FrameKind`
 //! lists record kinds only (its tests pin 0x100 as unknown to the record decoder): the header
 //! is shared, so one stream reader reads both, and a record decoder handed a bus frame refuses
 //! it as an unknown kind instead of misreading it. The version rule is opha-common's.
@@ -34,9 +35,9 @@
 //! forged batch before spending anything on decompression.
 
 use crate::compress::{self, BodyCodec, Compression, DecompressError};
+use crate::frame::{FrameHeader, FrameKinds, FrameMessage, frame_codec, strict};
 use crate::ranges::RangeSet;
-use opha_common::wire::{Bytes, HEADER_LEN, MAGIC, PROTOCOL_VERSION, version_supported};
-use serde::de::DeserializeOwned;
+use opha_common::wire::{Bytes, PROTOCOL_VERSION};
 use serde::{Deserialize, Serialize};
 
 /// Default bound on a bus frame's payload (a batch body is bounded by the batch size).
@@ -277,31 +278,34 @@ pub enum BusError {
 }
 
 /// A parsed bus frame header.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BusHeader {
-    pub version: u16,
-    pub kind: BusKind,
-    pub len: u32,
-}
+pub type BusHeader = FrameHeader<BusKind>;
 
-/// Encodes and decodes bus frames with a bound on the payload.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BusFrame {
-    pub max_payload: u32,
-}
+frame_codec!(
+    /// Encodes and decodes bus frames with a bound on the payload.
+    BusFrame,
+    BusMessage,
+    DEFAULT_MAX_PAYLOAD
+);
 
-impl Default for BusFrame {
-    fn default() -> Self {
-        Self {
-            max_payload: DEFAULT_MAX_PAYLOAD,
-        }
+impl FrameKinds for BusKind {
+    fn from_u16(v: u16) -> Option<Self> {
+        BusKind::from_u16(v)
+    }
+
+    fn as_u16(self) -> u16 {
+        self as u16
     }
 }
 
-impl BusFrame {
-    /// Appends one frame to `out`; returns its length. On error `out` is left as it was.
-    pub fn encode_into(&self, msg: &BusMessage, out: &mut Vec<u8>) -> Result<usize, BusError> {
-        let payload = match msg {
+impl FrameMessage for BusMessage {
+    type Kind = BusKind;
+
+    fn kind(&self) -> BusKind {
+        BusMessage::kind(self)
+    }
+
+    fn to_payload(&self) -> Result<Vec<u8>, postcard::Error> {
+        match self {
             BusMessage::Hello(m) => postcard::to_allocvec(m),
             BusMessage::HelloAck(m) => postcard::to_allocvec(m),
             BusMessage::Batch(m) => postcard::to_allocvec(m),
@@ -309,80 +313,11 @@ impl BusFrame {
             BusMessage::Refuse(m) => postcard::to_allocvec(m),
             BusMessage::Grant(m) => postcard::to_allocvec(m),
             BusMessage::Term(m) => postcard::to_allocvec(m),
-        }?;
-        let len = match u32::try_from(payload.len()) {
-            Ok(l) if l <= self.max_payload => l,
-            _ => {
-                return Err(BusError::TooLong {
-                    len: payload.len(),
-                    max: self.max_payload,
-                });
-            }
-        };
-        out.extend_from_slice(&MAGIC);
-        out.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
-        out.extend_from_slice(&(msg.kind() as u16).to_le_bytes());
-        out.extend_from_slice(&len.to_le_bytes());
-        out.extend_from_slice(&payload);
-        Ok(HEADER_LEN + payload.len())
+        }
     }
 
-    pub fn encode(&self, msg: &BusMessage) -> Result<Vec<u8>, BusError> {
-        let mut out = Vec::new();
-        self.encode_into(msg, &mut out)?;
-        Ok(out)
-    }
-
-    /// Reads and checks the header at the start of `bytes`; checks run on whatever prefix is
-    /// present (a stream that lost its framing is refused after two bytes).
-    pub fn header(&self, bytes: &[u8]) -> Result<BusHeader, BusError> {
-        let truncated = BusError::Truncated {
-            needed: HEADER_LEN,
-            available: bytes.len(),
-        };
-        let at = |i: usize| bytes.get(i).copied();
-        let (Some(m0), Some(m1)) = (at(0), at(1)) else {
-            return Err(truncated);
-        };
-        if [m0, m1] != MAGIC {
-            return Err(BusError::BadMagic { found: [m0, m1] });
-        }
-        let (Some(v0), Some(v1)) = (at(2), at(3)) else {
-            return Err(truncated);
-        };
-        let version = u16::from_le_bytes([v0, v1]);
-        if !version_supported(version) {
-            return Err(BusError::UnsupportedVersion { found: version });
-        }
-        let (Some(k0), Some(k1)) = (at(4), at(5)) else {
-            return Err(truncated);
-        };
-        let raw = u16::from_le_bytes([k0, k1]);
-        let kind = BusKind::from_u16(raw).ok_or(BusError::UnknownKind { kind: raw })?;
-        let Some(&l) = bytes.get(6..10).and_then(|s| s.first_chunk::<4>()) else {
-            return Err(truncated);
-        };
-        let len = u32::from_le_bytes(l);
-        if len > self.max_payload {
-            return Err(BusError::TooLong {
-                len: len as usize,
-                max: self.max_payload,
-            });
-        }
-        Ok(BusHeader { version, kind, len })
-    }
-
-    /// Decodes the frame at the start of `bytes`; returns it and its length.
-    pub fn decode_prefix(&self, bytes: &[u8]) -> Result<(BusMessage, usize), BusError> {
-        let header = self.header(bytes)?;
-        let total = HEADER_LEN + header.len as usize;
-        let Some(payload) = bytes.get(HEADER_LEN..total) else {
-            return Err(BusError::Truncated {
-                needed: total,
-                available: bytes.len(),
-            });
-        };
-        let msg = match header.kind {
+    fn from_payload(kind: BusKind, payload: &[u8]) -> Result<Self, BusError> {
+        Ok(match kind {
             BusKind::Hello => BusMessage::Hello(strict(payload)?),
             BusKind::HelloAck => BusMessage::HelloAck(strict(payload)?),
             BusKind::Batch => BusMessage::Batch(strict(payload)?),
@@ -390,32 +325,12 @@ impl BusFrame {
             BusKind::Refuse => BusMessage::Refuse(strict(payload)?),
             BusKind::Grant => BusMessage::Grant(strict(payload)?),
             BusKind::Term => BusMessage::Term(strict(payload)?),
-        };
-        validate(&msg)?;
-        Ok((msg, total))
+        })
     }
 
-    /// Decodes exactly one frame.
-    pub fn decode(&self, bytes: &[u8]) -> Result<BusMessage, BusError> {
-        let (msg, len) = self.decode_prefix(bytes)?;
-        match bytes.len() - len {
-            0 => Ok(msg),
-            extra => Err(BusError::TrailingBytes { extra }),
-        }
+    fn validate(&self) -> Result<(), BusError> {
+        validate(self)
     }
-}
-
-/// postcard decode of the whole payload, canonical only.
-pub(crate) fn strict<T: Serialize + DeserializeOwned>(payload: &[u8]) -> Result<T, BusError> {
-    let (value, rest) = postcard::take_from_bytes::<T>(payload)?;
-    if !rest.is_empty() {
-        return Err(BusError::PayloadTrailing { extra: rest.len() });
-    }
-    // postcard accepts over-long varints; only the encoder's own bytes are accepted.
-    if postcard::to_allocvec(&value)?.as_slice() != payload {
-        return Err(BusError::NonCanonical);
-    }
-    Ok(value)
 }
 
 /// Internal consistency of a decoded message (what postcard cannot check).

@@ -9,200 +9,53 @@
 //! - a push to the primary that does not act for the poller is refused 409, nothing stored;
 //! - a tenant token is refused 403.
 
+mod bus_support;
+mod receiver_support;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use opha_common::inflight::InflightKey;
-use opha_common::node::{NodeCounters, NodeKey};
-use opha_common::ports::PortConfig;
-use opha_common::wire::{PeerId, PeerRole, TenantId};
-use opha_identity::ca;
-use opha_log::Log;
+use bus_support::{
+    PUSH_BASE, PUSH_TENANTS, PUSH_V1, Poller, peer, push_pki, push_poller, push_primary,
+};
+use opha_common::wire::TenantId;
 use opha_sidecar::config::PollerConfig;
 use opha_sidecar::config::receiver::ReceiverFileConfig;
-use opha_sidecar::decode::DecodeContext;
-use opha_sidecar::loader::{GlobalStats, MonitoredPrefix};
-use opha_sidecar::poller::aggregate::Resume;
-use opha_sidecar::poller::config_apply::effective_config;
-use opha_sidecar::poller::{KernelSource, Listeners, NoRing, Pipeline, PipelineParts, SystemClock};
 use opha_sidecar::receiver::{self, RunningReceiver};
+use receiver_support::Pki;
 use serde_json::Value;
 
 const POLLER: &str = "poller-acp";
 const MAIN: &str = "primary-acp-main";
 const RED: &str = "primary-acp-red";
-const TENANT: u32 = 4;
-const TENANT2: u32 = 5;
+const TENANT: u32 = PUSH_TENANTS[0];
+const TENANT2: u32 = PUSH_TENANTS[1];
 const WAIT: Duration = Duration::from_secs(15);
+const BASE: &str = PUSH_BASE;
+const V1: &str = PUSH_V1;
 
-fn peer(s: &str) -> PeerId {
-    PeerId::new(s).unwrap()
-}
-
-#[derive(Debug, Default)]
-struct Maps {
-    prefixes: Vec<MonitoredPrefix>,
-    tcp_ports: Vec<u16>,
-}
-
-#[derive(Clone, Default)]
-struct FakeKernel(Arc<Mutex<Maps>>);
-
-impl KernelSource for FakeKernel {
-    fn sweep(&mut self, _: u64, _: u64) -> Result<Vec<(InflightKey, u64)>, String> {
-        Ok(Vec::new())
-    }
-    fn nodes(&mut self) -> Result<Vec<(NodeKey, NodeCounters)>, String> {
-        Ok(Vec::new())
-    }
-    fn stats(&mut self) -> Result<GlobalStats, String> {
-        Ok(GlobalStats::default())
-    }
-    fn set_prefixes(&mut self, p: &[MonitoredPrefix]) -> Result<(), String> {
-        self.0.lock().unwrap().prefixes = p.to_vec();
-        Ok(())
-    }
-    fn set_ports(&mut self, _: PortConfig) -> Result<(), String> {
-        Ok(())
-    }
-    fn set_tcp_ports(&mut self, p: &[u16]) -> Result<(), String> {
-        self.0.lock().unwrap().tcp_ports = p.to_vec();
-        Ok(())
-    }
-}
-
-fn has_prefix(k: &FakeKernel, cidr: &str, tenant: u32) -> bool {
-    let want: MonitoredPrefix = format!("{cidr}={tenant}").parse().unwrap();
-    k.0.lock()
-        .unwrap()
-        .prefixes
-        .iter()
-        .any(|p| (p.vlan, p.addr, p.len, p.tenant) == (want.vlan, want.addr, want.len, tenant))
-}
-
-struct Pki {
-    dir: tempfile::TempDir,
-    ca: ca::Ca,
-}
-
-impl Pki {
-    fn new() -> Self {
-        let _ = env_logger::builder().is_test(true).try_init();
-        let dir = tempfile::Builder::new()
-            .prefix("api-config-push-")
-            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-            .unwrap();
-        let ca = ca::init_ca(&dir.path().join("ca"), "api config push CA", 1, false).unwrap();
-        let pki = Pki { dir, ca };
-        pki.issue(POLLER, PeerRole::Poller, &[TENANT, TENANT2]);
-        pki.issue(MAIN, PeerRole::Primary, &[]);
-        pki.issue(RED, PeerRole::Primary, &[]);
-        pki
-    }
-
-    fn root(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn issue(&self, peer_id: &str, role: PeerRole, tenants: &[u32]) {
-        let spec = ca::PeerSpec {
-            peer_id: peer(peer_id),
-            role,
-            tenants: tenants.iter().map(|&t| TenantId(t)).collect(),
-            validity: ca::Validity::days_from_now(1),
-        };
-        self.ca
-            .issue(&spec)
-            .unwrap()
-            .save(&self.root().join("certs"), true)
-            .unwrap();
-    }
+fn new_pki() -> Pki {
+    push_pki("api-config-push-", POLLER, MAIN, RED)
 }
 
 fn receiver_config(root: &Path, id: &str, tokens: &str) -> ReceiverFileConfig {
-    let text = format!(
-        r#"
-peer_id = "{id}"
-role = "primary"
-listen = "127.0.0.1:7443"
-[tls]
-certificate = "certs/{id}.pem"
-key = "certs/{id}.key"
-ca = "ca/ca.pem"
-[store]
-dir = "store-{id}"
-[transport]
-rtt_ms = 1
-[[poller]]
-id = "{POLLER}"
-tenants = [{TENANT}, {TENANT2}]
-[metrics]
-listen = "off"
-[api]
-listen = "127.0.0.1:8080"
-{tokens}"#
-    );
-    let mut cfg = ReceiverFileConfig::from_toml(&text, "receiver.toml", root).unwrap();
-    let any = SocketAddr::from(([127, 0, 0, 1], 0));
-    cfg.listen = any;
-    cfg.api.as_mut().unwrap().listen = Some(any);
-    cfg
+    push_primary(id, POLLER)
+        .extra(&format!("[api]\nlisten = \"127.0.0.1:8080\"\n{tokens}"))
+        .build(root)
 }
 
-/// The poller's config file; `extra` goes at the end. Paths are absolute, so the same text
-/// is valid as a push.
+/// The poller's config file; `extra` goes at the end (prefixes, ports, thresholds). Paths
+/// are absolute, so the same text is valid as a push.
 fn poller_text(root: &Path, main: SocketAddr, red: SocketAddr, extra: &str) -> String {
-    let r = root.display();
-    format!(
-        r#"
-poller_id = "{POLLER}"
-interface = "lo"
-instance = "t-api-config-push"
-daemon = []
-[log]
-dir = "{r}/log"
-segment = "1MiB"
-budget = "64MiB"
-[ingest]
-http = "off"
-unix = "off"
-[metrics]
-listen = "off"
-[bus]
-cert = "{r}/certs/{POLLER}.pem"
-key = "{r}/certs/{POLLER}.key"
-ca = "{r}/ca/ca.pem"
-reconnect_min = "50ms"
-reconnect_max = "200ms"
-[bus.transport]
-rtt_ms = 1
-[[receiver]]
-peer = "{MAIN}"
-role = "primary"
-address = "{main}"
-order = 1
-[[receiver]]
-peer = "{RED}"
-role = "primary"
-address = "{red}"
-order = 2
-{extra}
-"#
-    )
+    push_poller(POLLER, "t-api-config-push", (MAIN, main), (RED, red))
+        .extra(extra)
+        .text(root)
 }
 
-const BASE: &str = "[[prefix]]\ncidr = \"198.18.0.0/24\"\ntenant = 4\n";
-const V1: &str = "[[prefix]]\ncidr = \"198.18.0.0/24\"\ntenant = 4\n[[prefix]]\ncidr = \"198.19.1.0/24\"\ntenant = 5\n[ports]\ntcp_checks = [22, 443]\n[thresholds]\ndown_after = 5\n";
-
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+fn wait_for(what: &str, f: impl FnMut() -> bool) {
+    bus_support::wait_for_sync(what, WAIT, f);
 }
 
 /// One request over a fresh connection: (status, JSON body).
@@ -249,63 +102,10 @@ fn status_of(addr: SocketAddr, token: &str) -> Value {
         .unwrap_or_else(|| panic!("no status of {POLLER}: {v}"))
 }
 
-struct Poller {
-    pipeline: Option<Pipeline>,
-    kernel: FakeKernel,
-}
-
-impl Poller {
-    fn start(rt: &tokio::runtime::Runtime, local: PollerConfig) -> Self {
-        let (cfg, _) = effective_config(local).unwrap();
-        let kernel = FakeKernel::default();
-        {
-            let mut m = kernel.0.lock().unwrap();
-            m.prefixes = cfg.monitored_prefixes();
-            m.tcp_ports = cfg.tcp_ports();
-        }
-        let log = Arc::new(Log::open(cfg.log_config()).unwrap());
-        let pipeline = Pipeline::start(
-            PipelineParts {
-                decode: DecodeContext::new(POLLER),
-                log,
-                kernel: kernel.clone(),
-                ring: NoRing,
-                inventory: None,
-                resume: Resume::default(),
-                listeners: Listeners::default(),
-                clock: Arc::new(SystemClock),
-                config: cfg,
-            },
-            rt.handle(),
-        )
-        .unwrap();
-        Poller {
-            pipeline: Some(pipeline),
-            kernel,
-        }
-    }
-
-    fn pipeline(&self) -> &Pipeline {
-        self.pipeline.as_ref().unwrap()
-    }
-
-    fn version(&self) -> u64 {
-        self.pipeline().live_config().version()
-    }
-}
-
-impl Drop for Poller {
-    fn drop(&mut self) {
-        if let Some(p) = self.pipeline.take() {
-            p.shutdown();
-        }
-    }
-}
-
 #[test]
 fn operator_pushes_over_http_to_the_acting_primary_only() {
-    let pki = Pki::new();
-    let root = pki.root().to_path_buf();
+    let pki = new_pki();
+    let root = pki.root.clone();
     let p = peer(POLLER);
     let noc = opha_api::mint("noc", None).unwrap();
     let portal = opha_api::mint("portal", Some(TenantId(TENANT))).unwrap();
@@ -376,8 +176,8 @@ fn operator_pushes_over_http_to_the_acting_primary_only() {
     let v1 = v["version"].as_u64().unwrap();
     assert_eq!(v1, 1);
     wait_for("version 1 running", || poller.version() == v1);
-    assert!(has_prefix(&poller.kernel, "198.19.1.0/24", TENANT2));
-    assert_eq!(poller.kernel.0.lock().unwrap().tcp_ports, vec![22, 443]);
+    assert!(poller.kernel.has_prefix("198.19.1.0/24", TENANT2));
+    assert_eq!(poller.kernel.maps(|m| m.tcp_ports.clone()), vec![22, 443]);
     let running = poller.pipeline().live_config().config();
     assert_eq!(running.thresholds.down_after, 5);
     wait_for("the status applied", || {

@@ -9,22 +9,25 @@
 //!   counted, the highest term survives a restart, the lease runs out, a disconnect stops the
 //!   acting, and a mirror drops grants unanswered.
 
+mod bus_support;
+mod receiver_support;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bus_support::{PollerFile, ReceiverFile, peer, pki, start_bus, stop_bus, wait_for};
 use opha_bus::message::{BusFrame, BusMessage, EpochStart, Grant, Hello, Term};
-use opha_common::wire::{PROTOCOL_VERSION, PeerId, PeerRole, TenantId};
-use opha_identity::{ExpectPeer, TlsIdentity, TransportSettings, Trust, ca};
+use opha_common::wire::{PROTOCOL_VERSION, PeerRole};
+use opha_identity::{ExpectPeer, TransportSettings};
 use opha_log::Log;
 use opha_sidecar::config::PollerConfig;
 use opha_sidecar::config::receiver::ReceiverFileConfig;
-use opha_sidecar::poller::Shutdown;
 use opha_sidecar::poller::bus::wire::{read_message, write_message};
-use opha_sidecar::poller::bus::{self, Bus};
 use opha_sidecar::receiver::{self, Shared};
+use receiver_support::Pki;
 use tokio::net::UdpSocket;
 
 const POLLER: &str = "poller-f";
@@ -33,118 +36,33 @@ const RED: &str = "primary-red";
 const MIRROR: &str = "mirror-f";
 const TENANT: u32 = 6;
 
-fn peer(s: &str) -> PeerId {
-    PeerId::new(s).unwrap()
-}
-
-struct Pki {
-    dir: tempfile::TempDir,
-    ca: ca::Ca,
-}
-
-impl Pki {
-    fn new() -> Self {
-        let _ = env_logger::builder().is_test(true).try_init();
-        let dir = tempfile::Builder::new()
-            .prefix("bus-fencing-")
-            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-            .unwrap();
-        let ca = ca::init_ca(&dir.path().join("ca"), "fencing CA", 1, false).unwrap();
-        let pki = Pki { dir, ca };
-        pki.issue(POLLER, PeerRole::Poller, &[TENANT]);
-        pki.issue(MAIN, PeerRole::Primary, &[]);
-        pki.issue(RED, PeerRole::Primary, &[]);
-        pki.issue(MIRROR, PeerRole::Mirror, &[]);
-        pki
-    }
-
-    fn root(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn issue(&self, peer_id: &str, role: PeerRole, tenants: &[u32]) -> TlsIdentity {
-        let spec = ca::PeerSpec {
-            peer_id: peer(peer_id),
-            role,
-            tenants: tenants.iter().map(|&t| TenantId(t)).collect(),
-            validity: ca::Validity::days_from_now(1),
-        };
-        let issued = self.ca.issue(&spec).unwrap();
-        issued.save(&self.root().join("certs"), true).unwrap();
-        TlsIdentity::from_issued(&issued).unwrap()
-    }
+fn fencing_pki() -> Pki {
+    pki(
+        "bus-fencing-",
+        &[
+            (POLLER, PeerRole::Poller, &[TENANT]),
+            (MAIN, PeerRole::Primary, &[]),
+            (RED, PeerRole::Primary, &[]),
+            (MIRROR, PeerRole::Mirror, &[]),
+        ],
+    )
 }
 
 /// A receiver's file (default transport: keep-alive 1 s, idle timeout 5 s).
 fn receiver_config(root: &Path, id: &str, role: &str) -> ReceiverFileConfig {
-    let text = format!(
-        r#"
-peer_id = "{id}"
-role = "{role}"
-listen = "127.0.0.1:7443"
-[tls]
-certificate = "certs/{id}.pem"
-key = "certs/{id}.key"
-ca = "ca/ca.pem"
-[store]
-dir = "store-{id}"
-[transport]
-rtt_ms = 1
-[[poller]]
-id = "{POLLER}"
-tenants = [{TENANT}]
-[metrics]
-listen = "off"
-"#
-    );
-    let mut cfg = ReceiverFileConfig::from_toml(&text, "receiver.toml", root).unwrap();
-    cfg.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-    cfg
+    ReceiverFile::new(id, role)
+        .poller(POLLER, &[TENANT])
+        .build(root)
 }
 
 /// The poller with the main primary at `main` and the redundant one at `red`. The QUIC idle
 /// timeout stays at its 5 s default: failover must come from the grant heartbeat.
 fn poller_config(root: &Path, main: SocketAddr, red: SocketAddr) -> PollerConfig {
-    let text = format!(
-        r#"
-poller_id = "{POLLER}"
-interface = "lo"
-instance = "t-fencing"
-daemon = []
-[[prefix]]
-cidr = "198.18.0.0/15"
-tenant = {TENANT}
-[log]
-dir = "{log}"
-segment = "1MiB"
-budget = "64MiB"
-[ingest]
-http = "off"
-unix = "off"
-[metrics]
-listen = "off"
-[bus]
-cert = "certs/{POLLER}.pem"
-key = "certs/{POLLER}.key"
-ca = "ca/ca.pem"
-reconnect_min = "50ms"
-reconnect_max = "200ms"
-[bus.transport]
-rtt_ms = 1
-[[receiver]]
-peer = "{RED}"
-role = "primary"
-address = "{red}"
-order = 2
-[[receiver]]
-peer = "{MAIN}"
-role = "primary"
-address = "{main}"
-order = 1
-"#,
-        log = root.join("log").display()
-    );
-    PollerConfig::from_toml(&text, "poller.toml", root).expect("valid poller config")
+    PollerFile::new(POLLER, "t-fencing")
+        .prefix("198.18.0.0/15", TENANT)
+        .ordered_receiver(RED, "primary", red, 2)
+        .ordered_receiver(MAIN, "primary", main, 1)
+        .build(root)
 }
 
 /// A UDP relay in front of a receiver: `cut` drops everything both ways (the receiver is
@@ -203,28 +121,6 @@ impl Drop for Relay {
     }
 }
 
-async fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    start.elapsed()
-}
-
-fn start_bus(cfg: &PollerConfig, log: &Arc<Log>) -> (Bus, Shutdown) {
-    let stop = Shutdown::new();
-    let bus = bus::start(
-        cfg,
-        log.clone(),
-        stop.clone(),
-        &tokio::runtime::Handle::current(),
-    )
-    .unwrap()
-    .expect("receivers are configured");
-    (bus, stop)
-}
-
 /// Samples both primaries' acting state until stopped; counts samples and instants where
 /// both acted.
 struct Sampler {
@@ -280,15 +176,15 @@ impl Sampler {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn main_fails_over_to_redundant_and_takes_over_again_never_both_acting() {
-    let pki = Pki::new();
+    let pki = fencing_pki();
     let p = peer(POLLER);
-    let main_cfg = receiver_config(pki.root(), MAIN, "primary");
+    let main_cfg = receiver_config(&pki.root, MAIN, "primary");
     let main = receiver::start(&main_cfg).await.unwrap();
-    let red = receiver::start(&receiver_config(pki.root(), RED, "primary"))
+    let red = receiver::start(&receiver_config(&pki.root, RED, "primary"))
         .await
         .unwrap();
     let relay = Relay::start(main.addr).await;
-    let cfg = poller_config(pki.root(), relay.addr, red.addr);
+    let cfg = poller_config(&pki.root, relay.addr, red.addr);
     assert_eq!(
         cfg.bus.failover_after,
         Duration::from_secs(1),
@@ -381,10 +277,7 @@ async fn main_fails_over_to_redundant_and_takes_over_again_never_both_acting() {
         "both primaries acted at {both} of {samples} samples"
     );
 
-    stop.trigger();
-    tokio::time::timeout(Duration::from_secs(10), bus.join())
-        .await
-        .expect("bus tasks end on stop");
+    stop_bus(bus, stop).await;
     // The poller is gone: no primary acts for it any more.
     wait_for("nobody acting", Duration::from_secs(10), || {
         main2.shared.acting_term(&p).is_none() && red.shared.acting_term(&p).is_none()
@@ -405,7 +298,7 @@ struct Raw {
 impl Raw {
     async fn connect(pki: &Pki, to: &str, role: PeerRole, addr: SocketAddr) -> Raw {
         let own = pki.issue(POLLER, PeerRole::Poller, &[TENANT]);
-        let trust = Trust::from_ca_pem(pki.ca.cert_pem()).unwrap();
+        let trust = pki.trust();
         let settings = TransportSettings {
             rtt_ms: 1,
             ..TransportSettings::default()
@@ -482,13 +375,11 @@ fn term(highest: u64, acting: bool) -> Option<Term> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_grants_are_ignored_and_the_highest_term_survives_a_restart() {
-    let pki = Pki::new();
+    let pki = fencing_pki();
     let p = peer(POLLER);
-    let cfg = receiver_config(pki.root(), MAIN, "primary");
+    let cfg = receiver_config(&pki.root, MAIN, "primary");
     let rx = receiver::start(&cfg).await.unwrap();
-    let term_file = pki
-        .root()
-        .join(format!("store-{MAIN}/fencing/{POLLER}.term"));
+    let term_file = pki.root.join(format!("store-{MAIN}/fencing/{POLLER}.term"));
     assert_eq!(rx.shared.fencing.highest_term(&p), 0);
 
     let mut raw = Raw::connect(&pki, MAIN, PeerRole::Primary, rx.addr).await;
@@ -537,7 +428,7 @@ async fn stale_grants_are_ignored_and_the_highest_term_survives_a_restart() {
     rx.shutdown().await;
 
     // A mirror never acts: grants are dropped unanswered and counted.
-    let mirror = receiver::start(&receiver_config(pki.root(), MIRROR, "mirror"))
+    let mirror = receiver::start(&receiver_config(&pki.root, MIRROR, "mirror"))
         .await
         .unwrap();
     let mut raw = Raw::connect(&pki, MIRROR, PeerRole::Mirror, mirror.addr).await;

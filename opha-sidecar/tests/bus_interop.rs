@@ -5,97 +5,48 @@
 //! once, a sender restart (new epoch) that resends nothing durable, a primary restart that
 //! answers from its store, and many small batches in flight (once a receiver deadlock).
 
+mod bus_support;
+mod receiver_support;
+
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use opha_common::wire::{
-    Event, EventId, EventKind, NodeRef, PeerId, PeerRole, Record, Severity, Subject, TenantId,
+use bus_support::{
+    PollerFile, ReceiverFile, append_events, peer, pki, start_bus, stop_bus, stored_events,
+    wait_for,
 };
-use opha_identity::ca;
-use opha_log::{Appended, Log, RecordClass};
+use opha_common::wire::PeerRole;
+use opha_log::Log;
 use opha_sidecar::config::PollerConfig;
 use opha_sidecar::config::receiver::ReceiverFileConfig;
-use opha_sidecar::ingest::sink::encode_record;
-use opha_sidecar::poller::Shutdown;
-use opha_sidecar::poller::bus::{self, Bus, cursor_name};
+use opha_sidecar::poller::bus::cursor_name;
 use opha_sidecar::receiver::{self, Metrics, RunningReceiver};
-use opha_store::{EventFilter, PageRequest};
+use receiver_support::{Pki, count};
 
 const POLLER: &str = "poller-i";
 const PRIMARY: &str = "primary-i";
 const TENANT: u32 = 4;
 
 /// A temp dir under the target dir, with the CA and the peers' certificates.
-struct Pki {
-    dir: tempfile::TempDir,
-    ca: ca::Ca,
-}
-
-impl Pki {
-    fn new() -> Self {
-        // Both drivers log what they refuse: RUST_LOG=info shows it when a test fails.
-        let _ = env_logger::builder().is_test(true).try_init();
-        let dir = tempfile::Builder::new()
-            .prefix("bus-interop-")
-            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-            .unwrap();
-        let ca = ca::init_ca(&dir.path().join("ca"), "interop CA", 1, false).unwrap();
-        let pki = Pki { dir, ca };
-        pki.issue(POLLER, PeerRole::Poller, &[TENANT]);
-        pki.issue(PRIMARY, PeerRole::Primary, &[]);
-        pki
-    }
-
-    fn root(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn issue(&self, peer: &str, role: PeerRole, tenants: &[u32]) {
-        let spec = ca::PeerSpec {
-            peer_id: PeerId::new(peer).unwrap(),
-            role,
-            tenants: tenants.iter().map(|&t| TenantId(t)).collect(),
-            validity: ca::Validity::days_from_now(1),
-        };
-        self.ca
-            .issue(&spec)
-            .unwrap()
-            .save(&self.root().join("certs"), true)
-            .unwrap();
-    }
+fn interop_pki() -> Pki {
+    pki(
+        "bus-interop-",
+        &[
+            (POLLER, PeerRole::Poller, &[TENANT]),
+            (PRIMARY, PeerRole::Primary, &[]),
+        ],
+    )
 }
 
 /// The primary's file, as `opha-sidecar primary --config` would read it.
 fn receiver_config(root: &Path) -> ReceiverFileConfig {
-    let text = format!(
-        r#"
-peer_id = "{PRIMARY}"
-role = "primary"
-listen = "127.0.0.1:7443"
-[tls]
-certificate = "certs/{PRIMARY}.pem"
-key = "certs/{PRIMARY}.key"
-ca = "ca/ca.pem"
-[store]
-dir = "store"
-[transport]
-keep_alive_ms = 200
-idle_timeout_ms = 1000
-rtt_ms = 1
-[[poller]]
-id = "{POLLER}"
-tenants = [{TENANT}]
-[metrics]
-listen = "off"
-"#
-    );
-    let mut cfg = ReceiverFileConfig::from_toml(&text, "primary.toml", root).unwrap();
-    // A file names a fixed port; the test binds an ephemeral one.
-    cfg.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-    cfg
+    ReceiverFile::new(PRIMARY, "primary")
+        .fast_failure()
+        .poller(POLLER, &[TENANT])
+        .build(root)
 }
 
 /// The poller's file with one `[[receiver]]`: the primary at `addr`. Batching, window, linger,
@@ -107,132 +58,33 @@ fn poller_config(root: &Path, addr: SocketAddr) -> PollerConfig {
 
 /// [`poller_config`] with extra `[bus]` keys.
 fn poller_config_with(root: &Path, addr: SocketAddr, bus_extra: &str) -> PollerConfig {
-    let text = format!(
-        r#"
-poller_id = "{POLLER}"
-interface = "lo"
-instance = "t-interop"
-daemon = []
-[[prefix]]
-cidr = "198.18.0.0/15"
-tenant = {TENANT}
-[log]
-dir = "{log}"
-segment = "1MiB"
-budget = "64MiB"
-[ingest]
-http = "off"
-unix = "off"
-[metrics]
-listen = "off"
-[bus]
-cert = "certs/{POLLER}.pem"
-key = "certs/{POLLER}.key"
-ca = "ca/ca.pem"
-{bus_extra}
-reconnect_min = "50ms"
-reconnect_max = "200ms"
-[bus.transport]
-keep_alive_ms = 200
-idle_timeout_ms = 1000
-rtt_ms = 1
-[[receiver]]
-peer = "{PRIMARY}"
-role = "primary"
-address = "{addr}"
-"#,
-        log = root.join("log").display()
-    );
-    PollerConfig::from_toml(&text, "poller.toml", root).expect("valid poller config")
-}
-
-/// Log record `n`: an encoded `Record` as the poller's pipeline writes it.
-fn record(n: u64) -> Record {
-    Record::Event(Event {
-        id: EventId::from_u128(u128::from(n) + 1),
-        time_ms: 1_700_000_000_000 + n,
-        tenant: TenantId(TENANT),
-        subject: Subject::Node(NodeRef::new(
-            0,
-            IpAddr::V4(Ipv4Addr::new(198, 18, 0, (n % 200) as u8 + 1)),
-            None,
-        )),
-        kind: EventKind::NodeDown,
-        severity: Severity::Major,
-        details: format!("interop record {n}"),
-    })
+    PollerFile::new(POLLER, "t-interop")
+        .prefix("198.18.0.0/15", TENANT)
+        .bus(bus_extra)
+        .fast_failure()
+        .receiver(PRIMARY, "primary", addr)
+        .build(root)
 }
 
 fn append(log: &Log, from: u64, to: u64) {
-    for n in from..to {
-        let seq = log
-            .append(RecordClass::Event, &encode_record(&record(n)).unwrap())
-            .unwrap();
-        assert_eq!(
-            seq,
-            Appended::Durable(n),
-            "the log's positions are the record numbers"
-        );
-    }
-}
-
-async fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn start_bus(cfg: &PollerConfig, log: &Arc<Log>) -> (Bus, Shutdown) {
-    let stop = Shutdown::new();
-    let bus = bus::start(
-        cfg,
-        log.clone(),
-        stop.clone(),
-        &tokio::runtime::Handle::current(),
-    )
-    .unwrap()
-    .expect("a receiver is configured");
-    (bus, stop)
-}
-
-async fn stop_bus(bus: Bus, stop: Shutdown) {
-    stop.trigger();
-    tokio::time::timeout(Duration::from_secs(10), bus.join())
-        .await
-        .expect("bus tasks end on stop");
+    append_events(log, TENANT, "interop record", from, to);
 }
 
 /// Every (epoch, seq) the primary's tenant file holds, with the record's own number.
 fn stored(rx: &RunningReceiver) -> Vec<(u64, u64, String)> {
-    let db = rx.shared.store.tenant(TenantId(TENANT)).unwrap();
-    let mut out = Vec::new();
-    let mut page = PageRequest::first(1000);
-    loop {
-        let p = db.events(&EventFilter::default(), &page).unwrap();
-        for e in p.items {
+    stored_events(rx, TENANT)
+        .into_iter()
+        .map(|e| {
             assert_eq!(e.poller.as_str(), POLLER);
-            out.push((e.epoch, e.seq, e.event.details));
-        }
-        match p.next {
-            Some(c) => page.after = Some(c),
-            None => break,
-        }
-    }
-    out
+            (e.epoch, e.seq, e.event.details)
+        })
+        .collect()
 }
 
 /// Exactly the records `first..to`, each once, under `epoch_of(seq)`, with their own payloads.
 fn assert_exactly_once(rx: &RunningReceiver, first: u64, to: u64, epoch_of: impl Fn(u64) -> u64) {
     let rows = stored(rx);
-    let count = rx
-        .shared
-        .store
-        .tenant(TenantId(TENANT))
-        .unwrap()
-        .record_count()
-        .unwrap();
+    let count = count(rx, TENANT);
     let n = to - first;
     assert_eq!(count, n, "records in the tenant file");
     assert_eq!(rows.len() as u64, n, "events listed");
@@ -251,9 +103,9 @@ fn assert_exactly_once(rx: &RunningReceiver, first: u64, to: u64, epoch_of: impl
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_sender_and_real_primary_deliver_exactly_once_across_a_sender_restart() {
-    let pki = Pki::new();
-    let rx = receiver::start(&receiver_config(pki.root())).await.unwrap();
-    let cfg = poller_config(pki.root(), rx.addr);
+    let pki = interop_pki();
+    let rx = receiver::start(&receiver_config(&pki.root)).await.unwrap();
+    let cfg = poller_config(&pki.root, rx.addr);
     let log = Arc::new(Log::open(cfg.log_config()).unwrap());
     // Record numbers are log positions (a fresh log need not start at 0).
     let first = log.durable_next_seq();
@@ -264,7 +116,7 @@ async fn real_sender_and_real_primary_deliver_exactly_once_across_a_sender_resta
     // Run 1: epoch 1 covers the whole log.
     let (bus1, stop1) = start_bus(&cfg, &log);
     assert_eq!(bus1.status.epoch, 1);
-    let name = cursor_name(&PeerId::new(PRIMARY).unwrap());
+    let name = cursor_name(&peer(PRIMARY));
     wait_for("the cursor at N", Duration::from_secs(30), || {
         log.cursor(&name) == Some(end)
     })
@@ -334,17 +186,17 @@ async fn real_sender_and_real_primary_deliver_exactly_once_across_a_sender_resta
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_primary_answers_from_its_store_and_the_running_sender_resumes_there() {
-    let pki = Pki::new();
-    let rcfg = receiver_config(pki.root());
+    let pki = interop_pki();
+    let rcfg = receiver_config(&pki.root);
     let rx = receiver::start(&rcfg).await.unwrap();
-    let cfg = poller_config(pki.root(), rx.addr);
+    let cfg = poller_config(&pki.root, rx.addr);
     let log = Arc::new(Log::open(cfg.log_config()).unwrap());
     let first = log.durable_next_seq();
     const N: u64 = 1000;
     let end = first + N;
     append(&log, first, end);
     let (bus, stop) = start_bus(&cfg, &log);
-    let name = cursor_name(&PeerId::new(PRIMARY).unwrap());
+    let name = cursor_name(&peer(PRIMARY));
     wait_for("the cursor at N", Duration::from_secs(30), || {
         log.cursor(&name) == Some(end)
     })
@@ -388,12 +240,12 @@ async fn a_restarted_primary_answers_from_its_store_and_the_running_sender_resum
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_small_batches_in_flight_do_not_stall_the_primary() {
-    let pki = Pki::new();
-    let rx = receiver::start(&receiver_config(pki.root())).await.unwrap();
+    let pki = interop_pki();
+    let rx = receiver::start(&receiver_config(&pki.root)).await.unwrap();
     // One record per batch and a wide window: far more batches in flight than the primary
     // has commits queued, as a live stream under a slow disk produces.
     let cfg = poller_config_with(
-        pki.root(),
+        &pki.root,
         rx.addr,
         "max_batch_records = 1\nwindow_records = 4096\nreplay_bytes_per_sec = \"0\"",
     );
@@ -403,7 +255,7 @@ async fn many_small_batches_in_flight_do_not_stall_the_primary() {
     let end = first + N;
     append(&log, first, end);
     let (bus, stop) = start_bus(&cfg, &log);
-    let name = cursor_name(&PeerId::new(PRIMARY).unwrap());
+    let name = cursor_name(&peer(PRIMARY));
     wait_for("the cursor at N", Duration::from_secs(60), || {
         log.cursor(&name) == Some(end)
     })

@@ -3,12 +3,16 @@
 //! restart with a new epoch, a receiver that is down at first, two receivers holding the log,
 //! and no bus without receivers.
 
+mod bus_support;
+mod receiver_support;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use bus_support::{start_bus, stop_bus, wait_for};
 use opha_bus::message::{BusFrame, BusMessage};
 use opha_bus::receiver::{PollerState, Receiver, ReceiverConfig, ReceiverOutput};
 use opha_common::wire::{PeerId, PeerRole, TenantId};
@@ -17,7 +21,7 @@ use opha_log::{Log, RecordClass};
 use opha_sidecar::config::PollerConfig;
 use opha_sidecar::poller::Shutdown;
 use opha_sidecar::poller::bus::wire::{read_message, write_message};
-use opha_sidecar::poller::bus::{self, Bus, cursor_name, epochs::EpochTable};
+use opha_sidecar::poller::bus::{self, cursor_name, epochs::EpochTable};
 
 const POLLER: &str = "poller-t";
 
@@ -242,34 +246,6 @@ fn append(log: &Log, from: u64, to: u64) {
     for i in from..to {
         log.append(RecordClass::Event, &payload(i)).unwrap();
     }
-}
-
-async fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn start_bus(cfg: &PollerConfig, log: &Arc<Log>) -> (Bus, Shutdown) {
-    let stop = Shutdown::new();
-    let bus = bus::start(
-        cfg,
-        log.clone(),
-        stop.clone(),
-        &tokio::runtime::Handle::current(),
-    )
-    .unwrap()
-    .expect("receivers configured");
-    (bus, stop)
-}
-
-async fn stop_bus(bus: Bus, stop: Shutdown) {
-    stop.trigger();
-    tokio::time::timeout(Duration::from_secs(10), bus.join())
-        .await
-        .expect("bus tasks end on stop");
 }
 
 /// Every log position from..to stored exactly once with its bytes, under `epoch_of(seq)`.

@@ -9,282 +9,52 @@
 //! - refused from a fenced primary: the redundant primary, made to believe it acts, pushes;
 //!   the poller refuses it (counted), its config unchanged.
 
+mod bus_support;
+mod receiver_support;
+
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bus_support::{
+    PUSH_BASE, PUSH_TENANTS, PUSH_V1, Poller, peer, push_pki, push_poller, push_primary,
+    wait_for_sync as wait_for,
+};
 use opha_bus::message::Grant;
-use opha_common::inflight::InflightKey;
-use opha_common::node::{NodeCounters, NodeKey};
-use opha_common::ports::PortConfig;
-use opha_common::wire::{PeerId, PeerRole, TenantId};
-use opha_identity::ca;
-use opha_log::Log;
 use opha_sidecar::config::PollerConfig;
 use opha_sidecar::config::receiver::ReceiverFileConfig;
-use opha_sidecar::decode::DecodeContext;
-use opha_sidecar::loader::{GlobalStats, MonitoredPrefix};
-use opha_sidecar::poller::aggregate::Resume;
-use opha_sidecar::poller::config_apply::{effective_config, load_pushed, pushed_path};
-use opha_sidecar::poller::{KernelSource, Listeners, NoRing, Pipeline, PipelineParts, SystemClock};
+use opha_sidecar::poller::config_apply::{load_pushed, pushed_path};
 use opha_sidecar::receiver::{self, RunningReceiver};
+use receiver_support::Pki;
 
 const POLLER: &str = "poller-cp";
 const MAIN: &str = "primary-cp-main";
 const RED: &str = "primary-cp-red";
-const TENANT: u32 = 4;
-const TENANT2: u32 = 5;
+const TENANT: u32 = PUSH_TENANTS[0];
+const TENANT2: u32 = PUSH_TENANTS[1];
+const BASE: &str = PUSH_BASE;
+const V1: &str = PUSH_V1;
 
-fn peer(s: &str) -> PeerId {
-    PeerId::new(s).unwrap()
-}
-
-/// What the fake kernel's maps hold, and how often they were written.
-#[derive(Debug, Default)]
-struct Maps {
-    prefixes: Vec<MonitoredPrefix>,
-    ports: PortConfig,
-    tcp_ports: Vec<u16>,
-    writes: u64,
-    /// `set_ports` fails while set.
-    fail_ports: bool,
-}
-
-#[derive(Clone, Default)]
-struct FakeKernel(Arc<Mutex<Maps>>);
-
-impl FakeKernel {
-    fn maps<T>(&self, f: impl FnOnce(&Maps) -> T) -> T {
-        f(&self.0.lock().unwrap())
-    }
-}
-
-impl KernelSource for FakeKernel {
-    fn sweep(&mut self, _: u64, _: u64) -> Result<Vec<(InflightKey, u64)>, String> {
-        Ok(Vec::new())
-    }
-    fn nodes(&mut self) -> Result<Vec<(NodeKey, NodeCounters)>, String> {
-        Ok(Vec::new())
-    }
-    fn stats(&mut self) -> Result<GlobalStats, String> {
-        Ok(GlobalStats::default())
-    }
-    fn set_prefixes(&mut self, p: &[MonitoredPrefix]) -> Result<(), String> {
-        let mut m = self.0.lock().unwrap();
-        m.prefixes = p.to_vec();
-        m.writes += 1;
-        Ok(())
-    }
-    fn set_ports(&mut self, p: PortConfig) -> Result<(), String> {
-        let mut m = self.0.lock().unwrap();
-        if m.fail_ports {
-            return Err("map update failed (injected)".into());
-        }
-        m.ports = p;
-        m.writes += 1;
-        Ok(())
-    }
-    fn set_tcp_ports(&mut self, p: &[u16]) -> Result<(), String> {
-        let mut m = self.0.lock().unwrap();
-        m.tcp_ports = p.to_vec();
-        m.writes += 1;
-        Ok(())
-    }
-}
-
-struct Pki {
-    dir: tempfile::TempDir,
-    ca: ca::Ca,
-}
-
-impl Pki {
-    fn new() -> Self {
-        let _ = env_logger::builder().is_test(true).try_init();
-        let dir = tempfile::Builder::new()
-            .prefix("config-push-")
-            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-            .unwrap();
-        let ca = ca::init_ca(&dir.path().join("ca"), "config push CA", 1, false).unwrap();
-        let pki = Pki { dir, ca };
-        pki.issue(POLLER, PeerRole::Poller, &[TENANT, TENANT2]);
-        pki.issue(MAIN, PeerRole::Primary, &[]);
-        pki.issue(RED, PeerRole::Primary, &[]);
-        pki
-    }
-
-    fn root(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn issue(&self, peer_id: &str, role: PeerRole, tenants: &[u32]) {
-        let spec = ca::PeerSpec {
-            peer_id: peer(peer_id),
-            role,
-            tenants: tenants.iter().map(|&t| TenantId(t)).collect(),
-            validity: ca::Validity::days_from_now(1),
-        };
-        let issued = self.ca.issue(&spec).unwrap();
-        issued.save(&self.root().join("certs"), true).unwrap();
-    }
+fn new_pki() -> Pki {
+    push_pki("config-push-", POLLER, MAIN, RED)
 }
 
 fn receiver_config(root: &Path, id: &str) -> ReceiverFileConfig {
-    let text = format!(
-        r#"
-peer_id = "{id}"
-role = "primary"
-listen = "127.0.0.1:7443"
-[tls]
-certificate = "certs/{id}.pem"
-key = "certs/{id}.key"
-ca = "ca/ca.pem"
-[store]
-dir = "store-{id}"
-[transport]
-rtt_ms = 1
-[[poller]]
-id = "{POLLER}"
-tenants = [{TENANT}, {TENANT2}]
-[metrics]
-listen = "off"
-"#
-    );
-    let mut cfg = ReceiverFileConfig::from_toml(&text, "receiver.toml", root).unwrap();
-    cfg.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-    cfg
+    push_primary(id, POLLER).build(root)
 }
 
 /// The poller's config file; `extra` goes at the end (prefixes, ports, thresholds). Paths
 /// are absolute, so the same text is valid as a push.
 fn poller_text(root: &Path, main: SocketAddr, red: SocketAddr, extra: &str) -> String {
-    let r = root.display();
-    format!(
-        r#"
-poller_id = "{POLLER}"
-interface = "lo"
-instance = "t-config-push"
-daemon = []
-[log]
-dir = "{r}/log"
-segment = "1MiB"
-budget = "64MiB"
-[ingest]
-http = "off"
-unix = "off"
-[metrics]
-listen = "off"
-[bus]
-cert = "{r}/certs/{POLLER}.pem"
-key = "{r}/certs/{POLLER}.key"
-ca = "{r}/ca/ca.pem"
-reconnect_min = "50ms"
-reconnect_max = "200ms"
-[bus.transport]
-rtt_ms = 1
-[[receiver]]
-peer = "{MAIN}"
-role = "primary"
-address = "{main}"
-order = 1
-[[receiver]]
-peer = "{RED}"
-role = "primary"
-address = "{red}"
-order = 2
-{extra}
-"#
-    )
-}
-
-const BASE: &str = "[[prefix]]\ncidr = \"198.18.0.0/24\"\ntenant = 4\n";
-const V1: &str = "[[prefix]]\ncidr = \"198.18.0.0/24\"\ntenant = 4\n[[prefix]]\ncidr = \"198.19.1.0/24\"\ntenant = 5\n[ports]\ntcp_checks = [22, 443]\n[thresholds]\ndown_after = 5\n";
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    start.elapsed()
-}
-
-/// A running poller pipeline (started as `opha-sidecar poller` starts it, minus the kernel).
-struct Poller {
-    pipeline: Option<Pipeline>,
-    kernel: FakeKernel,
-}
-
-impl Poller {
-    fn start(rt: &tokio::runtime::Runtime, local: PollerConfig) -> Self {
-        let (cfg, version) = effective_config(local).unwrap();
-        let kernel = FakeKernel::default();
-        {
-            // What `runtime::dataplane` puts in the maps at start.
-            let mut m = kernel.0.lock().unwrap();
-            m.prefixes = cfg.monitored_prefixes();
-            m.ports = cfg.port_config();
-            m.tcp_ports = cfg.tcp_ports();
-        }
-        let log = Arc::new(Log::open(cfg.log_config()).unwrap());
-        let pipeline = Pipeline::start(
-            PipelineParts {
-                decode: DecodeContext::new(POLLER),
-                log,
-                kernel: kernel.clone(),
-                ring: NoRing,
-                inventory: None,
-                resume: Resume::default(),
-                listeners: Listeners::default(),
-                clock: Arc::new(SystemClock),
-                config: cfg,
-            },
-            rt.handle(),
-        )
-        .unwrap();
-        assert_eq!(pipeline.live_config().version(), version);
-        Poller {
-            pipeline: Some(pipeline),
-            kernel,
-        }
-    }
-
-    fn pipeline(&self) -> &Pipeline {
-        self.pipeline.as_ref().unwrap()
-    }
-
-    fn version(&self) -> u64 {
-        self.pipeline().live_config().version()
-    }
-
-    fn stop(mut self) {
-        if let Some(p) = self.pipeline.take() {
-            p.shutdown();
-        }
-    }
-}
-
-impl Drop for Poller {
-    fn drop(&mut self) {
-        if let Some(p) = self.pipeline.take() {
-            p.shutdown();
-        }
-    }
-}
-
-fn has_prefix(k: &FakeKernel, cidr: &str, tenant: u32) -> bool {
-    let want: MonitoredPrefix = format!("{cidr}={tenant}").parse().unwrap();
-    k.maps(|m| {
-        m.prefixes
-            .iter()
-            .any(|p| (p.vlan, p.addr, p.len, p.tenant) == (want.vlan, want.addr, want.len, tenant))
-    })
+    push_poller(POLLER, "t-config-push", (MAIN, main), (RED, red))
+        .extra(extra)
+        .text(root)
 }
 
 #[test]
 fn config_push_applied_rejected_delivered_on_reconnect_and_fenced() {
-    let pki = Pki::new();
-    let root = pki.root().to_path_buf();
+    let pki = new_pki();
+    let root = pki.root.clone();
     let p = peer(POLLER);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -334,8 +104,8 @@ fn config_push_applied_rejected_delivered_on_reconnect_and_fenced() {
     });
     let latency = pushed_at.elapsed();
     eprintln!("push to applied (kernel maps written): {latency:?}");
-    assert!(has_prefix(&poller.kernel, "198.19.1.0/24", TENANT2));
-    assert!(has_prefix(&poller.kernel, "198.18.0.0/24", TENANT));
+    assert!(poller.kernel.has_prefix("198.19.1.0/24", TENANT2));
+    assert!(poller.kernel.has_prefix("198.18.0.0/24", TENANT));
     assert_eq!(poller.kernel.maps(|m| m.tcp_ports.clone()), vec![22, 443]);
     // Prefixes and TCP ports written, the port config untouched (unchanged).
     assert_eq!(poller.kernel.maps(|m| m.writes), writes_before + 2);
@@ -371,7 +141,7 @@ fn config_push_applied_rejected_delivered_on_reconnect_and_fenced() {
     assert_eq!(s.running_version, Some(v1));
     assert_eq!(s.desired_version, Some(v2));
     assert_eq!(poller.version(), v1);
-    assert!(has_prefix(&poller.kernel, "198.19.1.0/24", TENANT2));
+    assert!(poller.kernel.has_prefix("198.19.1.0/24", TENANT2));
 
     // 2b. Rejected by the kernel: the port map fails after the prefix map was written; the
     //     prefix map is put back, v1 keeps running.
@@ -394,10 +164,10 @@ fn config_push_applied_rejected_delivered_on_reconnect_and_fenced() {
     );
     assert_eq!(poller.version(), v1);
     assert!(
-        has_prefix(&poller.kernel, "198.19.1.0/24", TENANT2),
+        poller.kernel.has_prefix("198.19.1.0/24", TENANT2),
         "put back"
     );
-    assert!(!has_prefix(&poller.kernel, "198.19.2.0/24", TENANT2));
+    assert!(!poller.kernel.has_prefix("198.19.2.0/24", TENANT2));
     assert_eq!(poller.kernel.maps(|m| m.ports.snmp_port), 161);
     poller.kernel.0.lock().unwrap().fail_ports = false;
 
@@ -418,7 +188,7 @@ fn config_push_applied_rejected_delivered_on_reconnect_and_fenced() {
         2,
         "the pushed prefixes, not the file's"
     );
-    assert!(has_prefix(&poller.kernel, "198.19.1.0/24", TENANT2));
+    assert!(poller.kernel.has_prefix("198.19.1.0/24", TENANT2));
     wait_for(
         "version 4 after the reconnect",
         Duration::from_secs(10),

@@ -7,14 +7,17 @@
 //! none of the mirror's standby records; the poller returns -> the mirror is demoted and its
 //! links drain and stop; operator commands through the command file.
 
+mod bus_support;
 mod poller_support;
 mod receiver_support;
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bus_support::{PollerFile, ReceiverFile, wait_for_sync as wait_for};
 use opha_common::node::{NodeKey, ProtoClass};
 use opha_common::wire::{EventKind, PeerId, PeerRole, Subject, TenantId};
 use opha_sidecar::aggregate::NodeId;
@@ -47,50 +50,22 @@ fn poller_config(
     pki: &Pki,
     dir: &Path,
     id: &str,
-    receivers: &[(&str, &str, String)],
+    receivers: &[(&str, &str, SocketAddr)],
 ) -> PollerConfig {
-    let root = pki.root.display();
-    let mut text = format!(
-        r#"
-poller_id = "{id}"
-interface = "lo"
-instance = "t-mp-{id}"
-daemon = []
-[[prefix]]
-cidr = "198.18.0.0/15"
-tenant = 1
-[intervals]
-metrics = "1s"
-poll_timeout = "500ms"
-sweep = "50ms"
-heartbeat = "200ms"
-[log]
-dir = "{dir}/log-{id}"
-[ingest]
-http = "off"
-unix = "off"
-[metrics]
-listen = "off"
-[bus]
-cert = "{root}/certs/{id}.pem"
-key = "{root}/certs/{id}.key"
-ca = "{root}/ca/ca.pem"
-linger = "1ms"
-reconnect_min = "50ms"
-reconnect_max = "200ms"
-[bus.transport]
-keep_alive_ms = 200
-idle_timeout_ms = 1000
-rtt_ms = 1
-"#,
-        dir = dir.display()
-    );
-    for (p, role, addr) in receivers {
-        text.push_str(&format!(
-            "[[receiver]]\npeer = \"{p}\"\nrole = \"{role}\"\naddress = \"{addr}\"\n"
-        ));
-    }
-    PollerConfig::from_toml(&text, "test.toml", dir).expect("valid poller config")
+    let file = PollerFile::new(id, &format!("t-mp-{id}"))
+        .prefix("198.18.0.0/15", 1)
+        .log_dir(dir.join(format!("log-{id}")))
+        .log_sizes(None)
+        .bus("linger = \"1ms\"")
+        .fast_failure()
+        .extra(
+            "[intervals]\nmetrics = \"1s\"\npoll_timeout = \"500ms\"\nsweep = \"50ms\"\n\
+             heartbeat = \"200ms\"\n",
+        );
+    receivers
+        .iter()
+        .fold(file, |f, (p, role, addr)| f.receiver(p, role, *addr))
+        .build(&pki.root)
 }
 
 fn parts(cfg: &PollerConfig, kernel: &SimKernel) -> PipelineParts<SimKernel, NoRing> {
@@ -110,34 +85,14 @@ fn parts(cfg: &PollerConfig, kernel: &SimKernel) -> PipelineParts<SimKernel, NoR
 }
 
 fn mirror_receiver_config(root: &Path) -> ReceiverFileConfig {
-    let text = format!(
-        r#"
-peer_id = "mirror-1"
-role = "mirror"
-listen = "127.0.0.1:7444"
-[tls]
-certificate = "certs/mirror-1.pem"
-key = "certs/mirror-1.key"
-ca = "ca/ca.pem"
-[store]
-dir = "mirror-store"
-[transport]
-rtt_ms = 1
-[[poller]]
-id = "poller-1"
-tenants = [1]
-[mirror]
-poller = "poller-1"
-takeover_after = "{}ms"
-return_after = "0s"
-[metrics]
-listen = "off"
-"#,
+    let mirror = format!(
+        "[mirror]\npoller = \"poller-1\"\ntakeover_after = \"{}ms\"\nreturn_after = \"0s\"\n",
         TAKEOVER.as_millis()
     );
-    let mut cfg = ReceiverFileConfig::from_toml(&text, "mirror.toml", root).unwrap();
-    cfg.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    cfg
+    ReceiverFile::new("mirror-1", "mirror")
+        .poller("poller-1", &[1])
+        .extra(&mirror)
+        .build(root)
 }
 
 /// The devices: each step, every live kernel polls every node once (answered iff the node is
@@ -241,15 +196,6 @@ fn held(r: &RunningReceiver, who: &str) -> Vec<(u64, opha_store::RangeSet)> {
         .unwrap()
 }
 
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    start.elapsed()
-}
-
 fn metrics(r: &RunningReceiver) -> String {
     r.shared.render_metrics()
 }
@@ -285,8 +231,8 @@ fn mirror_takes_over_on_silence_and_gives_back() {
         &dir,
         "poller-1",
         &[
-            ("primary-1", "primary", primary.addr.to_string()),
-            ("mirror-1", "mirror", mirror_rx.addr.to_string()),
+            ("primary-1", "primary", primary.addr),
+            ("mirror-1", "mirror", mirror_rx.addr),
         ],
     );
     let poller = Pipeline::start(parts(&pcfg, &pk), rt.handle()).unwrap();
@@ -294,7 +240,7 @@ fn mirror_takes_over_on_silence_and_gives_back() {
         &pki,
         &dir,
         "mirror-1",
-        &[("primary-1", "primary", primary.addr.to_string())],
+        &[("primary-1", "primary", primary.addr)],
     );
     let driver = MirrorDriver::start(hook.clone(), parts(&mcfg_poll, &mk), rt.handle()).unwrap();
 

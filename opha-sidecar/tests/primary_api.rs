@@ -6,24 +6,27 @@
 //! stream delivers newly appended events and never another tenant's, and `/metrics` carries
 //! the API's and the hub's counters.
 
+mod bus_support;
+mod receiver_support;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bus_support::{PollerFile, ReceiverFile, peer, pki, start_bus, stop_bus};
 use opha_common::wire::{
-    DaemonHealth, DaemonState, Event, EventId, EventKind, NodeRef, PROTOCOL_VERSION, PeerId,
-    PeerRole, PeerStatus, Record, ReplayLogStatus, ServiceKind, ServiceState, ServiceStatus,
-    Severity, Subject, TenantId, TenantNodes,
+    DaemonHealth, DaemonState, Event, EventId, EventKind, NodeRef, PROTOCOL_VERSION, PeerRole,
+    PeerStatus, Record, ReplayLogStatus, ServiceKind, ServiceState, ServiceStatus, Severity,
+    Subject, TenantId, TenantNodes,
 };
-use opha_identity::ca;
 use opha_log::{Appended, Log, RecordClass};
 use opha_sidecar::config::PollerConfig;
 use opha_sidecar::config::receiver::ReceiverFileConfig;
 use opha_sidecar::ingest::sink::encode_record;
-use opha_sidecar::poller::Shutdown;
-use opha_sidecar::poller::bus::{self, Bus, cursor_name};
+use opha_sidecar::poller::bus::cursor_name;
 use opha_sidecar::receiver::{self, RunningReceiver};
+use receiver_support::Pki;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -33,42 +36,14 @@ const PRIMARY: &str = "primary-api";
 /// Generous bound for anything to arrive (loopback; no timing is asserted).
 const WAIT: Duration = Duration::from_secs(20);
 
-struct Pki {
-    dir: tempfile::TempDir,
-    ca: ca::Ca,
-}
-
-impl Pki {
-    fn new() -> Self {
-        let _ = env_logger::builder().is_test(true).try_init();
-        let dir = tempfile::Builder::new()
-            .prefix("primary-api-")
-            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-            .unwrap();
-        let ca = ca::init_ca(&dir.path().join("ca"), "api CA", 1, false).unwrap();
-        let pki = Pki { dir, ca };
-        pki.issue(POLLER, PeerRole::Poller, &[1, 2]);
-        pki.issue(PRIMARY, PeerRole::Primary, &[]);
-        pki
-    }
-
-    fn root(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn issue(&self, peer: &str, role: PeerRole, tenants: &[u32]) {
-        let spec = ca::PeerSpec {
-            peer_id: PeerId::new(peer).unwrap(),
-            role,
-            tenants: tenants.iter().map(|&t| TenantId(t)).collect(),
-            validity: ca::Validity::days_from_now(1),
-        };
-        self.ca
-            .issue(&spec)
-            .unwrap()
-            .save(&self.root().join("certs"), true)
-            .unwrap();
-    }
+fn api_pki() -> Pki {
+    pki(
+        "primary-api-",
+        &[
+            (POLLER, PeerRole::Poller, &[1, 2]),
+            (PRIMARY, PeerRole::Primary, &[]),
+        ],
+    )
 }
 
 /// The three tokens: operator, tenant 1, tenant 2.
@@ -93,81 +68,24 @@ fn tokens() -> Tokens {
 }
 
 fn receiver_config(root: &Path, tokens: &Tokens) -> ReceiverFileConfig {
-    let text = format!(
-        r#"
-peer_id = "{PRIMARY}"
-role = "primary"
-listen = "127.0.0.1:7443"
-[tls]
-certificate = "certs/{PRIMARY}.pem"
-key = "certs/{PRIMARY}.key"
-ca = "ca/ca.pem"
-[store]
-dir = "store"
-[transport]
-keep_alive_ms = 200
-idle_timeout_ms = 1000
-rtt_ms = 1
-[[poller]]
-id = "{POLLER}"
-tenants = [1, 2]
-[metrics]
-listen = "127.0.0.1:9731"
-[api]
-listen = "127.0.0.1:8080"
-{tokens}"#,
-        tokens = tokens.toml
-    );
-    let mut cfg = ReceiverFileConfig::from_toml(&text, "primary.toml", root).unwrap();
+    let api = format!("[api]\nlisten = \"127.0.0.1:8080\"\n{}", tokens.toml);
+    let cfg = ReceiverFile::new(PRIMARY, "primary")
+        .fast_failure()
+        .metrics()
+        .poller(POLLER, &[1, 2])
+        .extra(&api)
+        .build(root);
     assert_eq!(cfg.api.as_ref().unwrap().tokens.len(), 3);
-    // Files name fixed ports; the test binds ephemeral ones.
-    let any = SocketAddr::from(([127, 0, 0, 1], 0));
-    cfg.listen = any;
-    cfg.metrics.listen = Some(any);
-    cfg.api.as_mut().unwrap().listen = Some(any);
     cfg
 }
 
 fn poller_config(root: &Path, addr: SocketAddr) -> PollerConfig {
-    let text = format!(
-        r#"
-poller_id = "{POLLER}"
-interface = "lo"
-instance = "t-api"
-daemon = []
-[[prefix]]
-cidr = "198.18.0.0/16"
-tenant = 1
-[[prefix]]
-cidr = "198.19.0.0/16"
-tenant = 2
-[log]
-dir = "{log}"
-segment = "1MiB"
-budget = "64MiB"
-[ingest]
-http = "off"
-unix = "off"
-[metrics]
-listen = "off"
-[bus]
-cert = "certs/{POLLER}.pem"
-key = "certs/{POLLER}.key"
-ca = "ca/ca.pem"
-reconnect_min = "50ms"
-reconnect_max = "200ms"
-[bus.transport]
-keep_alive_ms = 200
-idle_timeout_ms = 1000
-rtt_ms = 1
-[[receiver]]
-peer = "{PRIMARY}"
-role = "primary"
-address = "{addr}"
-"#,
-        log = root.join("log").display()
-    );
-    PollerConfig::from_toml(&text, "poller.toml", root).expect("valid poller config")
+    PollerFile::new(POLLER, "t-api")
+        .prefix("198.18.0.0/16", 1)
+        .prefix("198.19.0.0/16", 2)
+        .fast_failure()
+        .receiver(PRIMARY, "primary", addr)
+        .build(root)
 }
 
 fn now_ms() -> u64 {
@@ -201,7 +119,7 @@ fn event(tenant: u32, n: u64, details: &str) -> Record {
 
 fn heartbeat() -> Record {
     Record::PeerStatus(PeerStatus {
-        peer: PeerId::new(POLLER).unwrap(),
+        peer: peer(POLLER),
         role: PeerRole::Poller,
         version: "0.1.0".into(),
         protocol: PROTOCOL_VERSION,
@@ -266,12 +184,8 @@ fn append(log: &Log, records: &[Record]) -> u64 {
     last + 1
 }
 
-async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+async fn wait_for(what: &str, f: impl FnMut() -> bool) {
+    bus_support::wait_for(what, WAIT, f).await;
 }
 
 /// One GET over a fresh connection: (status, body).
@@ -389,19 +303,6 @@ fn is_event(details: &'static str) -> impl Fn(&(String, Value)) -> bool {
     move |f| f.0 == "event" && f.1["event"]["details"] == details
 }
 
-fn start_bus(cfg: &PollerConfig, log: &Arc<Log>) -> (Bus, Shutdown) {
-    let stop = Shutdown::new();
-    let bus = bus::start(
-        cfg,
-        log.clone(),
-        stop.clone(),
-        &tokio::runtime::Handle::current(),
-    )
-    .unwrap()
-    .expect("a receiver is configured");
-    (bus, stop)
-}
-
 fn card<'a>(summary: &'a Value, peer: &str) -> Option<&'a Value> {
     summary["peers"]
         .as_array()
@@ -412,16 +313,16 @@ fn card<'a>(summary: &'a Value, peer: &str) -> Option<&'a Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn primary_serves_api_home_and_live_stream_per_tenant() {
-    let pki = Pki::new();
+    let pki = api_pki();
     let tokens = tokens();
-    let rx: RunningReceiver = receiver::start(&receiver_config(pki.root(), &tokens))
+    let rx: RunningReceiver = receiver::start(&receiver_config(&pki.root, &tokens))
         .await
         .unwrap();
     let api = rx.api_addr.expect("[api] serves");
     let metrics = rx.metrics_addr.expect("metrics serve");
 
     // The poller's log: 5 events of tenant 1, 4 of tenant 2, a heartbeat, two daemons.
-    let cfg = poller_config(pki.root(), rx.addr);
+    let cfg = poller_config(&pki.root, rx.addr);
     let log = Arc::new(Log::open(cfg.log_config()).unwrap());
     let mut records: Vec<Record> = (0..5).map(|n| event(1, n, &format!("t1-{n}"))).collect();
     records.extend((0..4).map(|n| event(2, n, &format!("t2-{n}"))));
@@ -430,7 +331,7 @@ async fn primary_serves_api_home_and_live_stream_per_tenant() {
     records.push(daemon("nmis9d", DaemonState::Down));
     let end = append(&log, &records);
     let (bus, stop) = start_bus(&cfg, &log);
-    let name = cursor_name(&PeerId::new(PRIMARY).unwrap());
+    let name = cursor_name(&peer(PRIMARY));
     wait_for("every record acknowledged", || {
         log.cursor(&name) == Some(end)
     })
@@ -544,10 +445,7 @@ async fn primary_serves_api_home_and_live_stream_per_tenant() {
     assert!(text.contains("opha_live_lagged_total 0\n"), "{text}");
 
     // The poller goes away: its card says disconnected, live and in the summary.
-    stop.trigger();
-    tokio::time::timeout(WAIT, bus.join())
-        .await
-        .expect("bus tasks end on stop");
+    stop_bus(bus, stop).await;
     live_noc
         .until("the poller disconnected", |f| {
             f.0 == "peer" && f.1["peer"] == POLLER && f.1["stream"]["state"] == "disconnected"

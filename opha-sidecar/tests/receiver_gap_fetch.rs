@@ -13,24 +13,27 @@
 //! with both again: the main's new cursor starts at the log's oldest record, and what lies
 //! between is only on the mirror.
 
+mod bus_support;
+mod receiver_support;
+
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use opha_common::wire::{
-    Event, EventId, EventKind, NodeRef, PeerId, PeerRole, Record, Severity, Subject, TenantId,
+use bus_support::{
+    PollerFile, ReceiverFile, append_events, ephemeral, peer, pki, start_bus, stop_bus,
+    stored_events, wait_for,
 };
-use opha_identity::ca;
-use opha_log::{Appended, Log, RecordClass};
+use opha_common::wire::{EventKind, PeerRole};
+use opha_log::Log;
 use opha_sidecar::config::PollerConfig;
 use opha_sidecar::config::receiver::ReceiverFileConfig;
-use opha_sidecar::ingest::sink::encode_record;
-use opha_sidecar::poller::Shutdown;
-use opha_sidecar::poller::bus::{self, Bus, cursor_name};
+use opha_sidecar::poller::bus::cursor_name;
 use opha_sidecar::receiver::{self, Metrics, REPORT_TENANT, RunningReceiver};
 use opha_store::{EventFilter, PageRequest};
+use receiver_support::{Pki, count};
 
 const POLLER: &str = "poller-g";
 const MAIN: &str = "primary-g";
@@ -38,44 +41,16 @@ const MIRROR: &str = "mirror-g";
 const EMPTY_MIRROR: &str = "mirror-e";
 const TENANT: u32 = 6;
 
-struct Pki {
-    dir: tempfile::TempDir,
-    ca: ca::Ca,
-}
-
-impl Pki {
-    fn new() -> Self {
-        let _ = env_logger::builder().is_test(true).try_init();
-        let dir = tempfile::Builder::new()
-            .prefix("gap-fetch-")
-            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-            .unwrap();
-        let ca = ca::init_ca(&dir.path().join("ca"), "gap CA", 1, false).unwrap();
-        let pki = Pki { dir, ca };
-        pki.issue(POLLER, PeerRole::Poller, &[TENANT]);
-        pki.issue(MAIN, PeerRole::Primary, &[]);
-        pki.issue(MIRROR, PeerRole::Mirror, &[]);
-        pki.issue(EMPTY_MIRROR, PeerRole::Mirror, &[]);
-        pki
-    }
-
-    fn root(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn issue(&self, peer: &str, role: PeerRole, tenants: &[u32]) {
-        let spec = ca::PeerSpec {
-            peer_id: PeerId::new(peer).unwrap(),
-            role,
-            tenants: tenants.iter().map(|&t| TenantId(t)).collect(),
-            validity: ca::Validity::days_from_now(1),
-        };
-        self.ca
-            .issue(&spec)
-            .unwrap()
-            .save(&self.root().join("certs"), true)
-            .unwrap();
-    }
+fn gap_pki() -> Pki {
+    pki(
+        "gap-fetch-",
+        &[
+            (POLLER, PeerRole::Poller, &[TENANT]),
+            (MAIN, PeerRole::Primary, &[]),
+            (MIRROR, PeerRole::Mirror, &[]),
+            (EMPTY_MIRROR, PeerRole::Mirror, &[]),
+        ],
+    )
 }
 
 /// A receiver's file; `peers` are `(id, role, address)` `[[peer]]` entries.
@@ -83,164 +58,51 @@ fn receiver_config(
     root: &Path,
     id: &str,
     role: &str,
-    listen: SocketAddr,
     peers: &[(&str, &str, SocketAddr)],
 ) -> ReceiverFileConfig {
-    let mut text = format!(
-        r#"
-peer_id = "{id}"
-role = "{role}"
-listen = "127.0.0.1:7443"
-[tls]
-certificate = "certs/{id}.pem"
-key = "certs/{id}.key"
-ca = "ca/ca.pem"
-[store]
-dir = "store-{id}"
-[transport]
-keep_alive_ms = 200
-idle_timeout_ms = 1000
-rtt_ms = 1
-[[poller]]
-id = "{POLLER}"
-tenants = [{TENANT}]
-[metrics]
-listen = "off"
-"#
-    );
-    for (pid, prole, addr) in peers {
-        text.push_str(&format!(
-            "[[peer]]\nid = \"{pid}\"\nrole = \"{prole}\"\naddress = \"{addr}\"\n"
-        ));
-    }
-    let mut cfg = ReceiverFileConfig::from_toml(&text, "receiver.toml", root).unwrap();
-    cfg.listen = listen;
-    cfg
+    let file = ReceiverFile::new(id, role)
+        .fast_failure()
+        .poller(POLLER, &[TENANT]);
+    peers
+        .iter()
+        .fold(file, |f, (pid, prole, addr)| f.peer(pid, prole, *addr))
+        .build(root)
 }
 
 /// The poller's file: small log segments, and `receivers` as `(id, role, address)`.
 fn poller_config(root: &Path, receivers: &[(&str, &str, SocketAddr)]) -> PollerConfig {
-    let mut text = format!(
-        r#"
-poller_id = "{POLLER}"
-interface = "lo"
-instance = "t-gap"
-daemon = []
-[[prefix]]
-cidr = "198.18.0.0/15"
-tenant = {TENANT}
-[log]
-dir = "{log}"
-segment = "64KiB"
-budget = "4MiB"
-[ingest]
-http = "off"
-unix = "off"
-[metrics]
-listen = "off"
-[bus]
-cert = "certs/{POLLER}.pem"
-key = "certs/{POLLER}.key"
-ca = "ca/ca.pem"
-reconnect_min = "50ms"
-reconnect_max = "200ms"
-[bus.transport]
-keep_alive_ms = 200
-idle_timeout_ms = 1000
-rtt_ms = 1
-"#,
-        log = root.join("log").display()
-    );
-    for (id, role, addr) in receivers {
-        text.push_str(&format!(
-            "[[receiver]]\npeer = \"{id}\"\nrole = \"{role}\"\naddress = \"{addr}\"\n"
-        ));
-    }
-    PollerConfig::from_toml(&text, "poller.toml", root).expect("valid poller config")
-}
-
-fn record(n: u64) -> Record {
-    Record::Event(Event {
-        id: EventId::from_u128(u128::from(n) + 1),
-        time_ms: 1_700_000_000_000 + n,
-        tenant: TenantId(TENANT),
-        subject: Subject::Node(NodeRef::new(
-            0,
-            IpAddr::V4(Ipv4Addr::new(198, 18, 0, (n % 200) as u8 + 1)),
-            None,
-        )),
-        kind: EventKind::NodeDown,
-        severity: Severity::Major,
-        details: format!("gap record {n}"),
-    })
+    let file = PollerFile::new(POLLER, "t-gap")
+        .prefix("198.18.0.0/15", TENANT)
+        .log_sizes(Some(("64KiB", "4MiB")))
+        .fast_failure();
+    receivers
+        .iter()
+        .fold(file, |f, (id, role, addr)| f.receiver(id, role, *addr))
+        .build(root)
 }
 
 fn append(log: &Log, from: u64, to: u64) {
-    for n in from..to {
-        let seq = log
-            .append(RecordClass::Event, &encode_record(&record(n)).unwrap())
-            .unwrap();
-        assert_eq!(seq, Appended::Durable(n));
-    }
-}
-
-async fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn start_bus(cfg: &PollerConfig, log: &Arc<Log>) -> (Bus, Shutdown) {
-    let stop = Shutdown::new();
-    let bus = bus::start(
-        cfg,
-        log.clone(),
-        stop.clone(),
-        &tokio::runtime::Handle::current(),
-    )
-    .unwrap()
-    .expect("a receiver is configured");
-    (bus, stop)
-}
-
-async fn stop_bus(bus: Bus, stop: Shutdown) {
-    stop.trigger();
-    tokio::time::timeout(Duration::from_secs(10), bus.join())
-        .await
-        .expect("bus tasks end on stop");
+    append_events(log, TENANT, "gap record", from, to);
 }
 
 /// Every (epoch, seq) in the receiver's tenant file, checked: each at most once, with its own
 /// payload. Returns the seqs with their epochs.
 fn stored(rx: &RunningReceiver) -> Vec<(u64, u64)> {
-    let db = rx.shared.store.tenant(TenantId(TENANT)).unwrap();
-    let mut out = Vec::new();
-    let mut page = PageRequest::first(1000);
-    loop {
-        let p = db.events(&EventFilter::default(), &page).unwrap();
-        for e in p.items {
+    let mut out: Vec<(u64, u64)> = stored_events(rx, TENANT)
+        .into_iter()
+        .map(|e| {
             assert_eq!(e.poller.as_str(), POLLER);
             assert_eq!(e.event.details, format!("gap record {}", e.seq));
-            out.push((e.epoch, e.seq));
-        }
-        match p.next {
-            Some(c) => page.after = Some(c),
-            None => break,
-        }
-    }
+            (e.epoch, e.seq)
+        })
+        .collect();
     let keys: BTreeSet<(u64, u64)> = out.iter().copied().collect();
     assert_eq!(keys.len(), out.len(), "an (epoch, seq) stored twice");
     let seqs: BTreeSet<u64> = out.iter().map(|k| k.1).collect();
     assert_eq!(seqs.len(), out.len(), "a seq stored under two epochs");
-    assert_eq!(db.record_count().unwrap(), out.len() as u64);
+    assert_eq!(count(rx, TENANT), out.len() as u64);
     out.sort_by_key(|k| k.1);
     out
-}
-
-fn ephemeral() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
 /// A UDP port nothing answers on (bound, then released).
@@ -267,23 +129,17 @@ struct Outcome {
 /// The scenario of the module docs. `with_mirror_peer`: the main's `[[peer]]` list is the
 /// mirror; otherwise a dead address and a mirror that never received this poller.
 async fn scenario(pki: &Pki, with_mirror_peer: bool) -> Outcome {
-    let root = pki.root();
-    let mirror = receiver::start(&receiver_config(root, MIRROR, "mirror", ephemeral(), &[]))
+    let root = pki.root.as_path();
+    let mirror = receiver::start(&receiver_config(root, MIRROR, "mirror", &[]))
         .await
         .unwrap();
     let spare = if with_mirror_peer {
         None
     } else {
         Some(
-            receiver::start(&receiver_config(
-                root,
-                EMPTY_MIRROR,
-                "mirror",
-                ephemeral(),
-                &[],
-            ))
-            .await
-            .unwrap(),
+            receiver::start(&receiver_config(root, EMPTY_MIRROR, "mirror", &[]))
+                .await
+                .unwrap(),
         )
     };
     let main_peers: Vec<(&str, &str, SocketAddr)> = match &spare {
@@ -293,7 +149,7 @@ async fn scenario(pki: &Pki, with_mirror_peer: bool) -> Outcome {
             (EMPTY_MIRROR, "mirror", s.addr),
         ],
     };
-    let main_cfg = receiver_config(root, MAIN, "primary", ephemeral(), &main_peers);
+    let main_cfg = receiver_config(root, MAIN, "primary", &main_peers);
     let main = receiver::start(&main_cfg).await.unwrap();
     let both = poller_config(
         root,
@@ -304,8 +160,8 @@ async fn scenario(pki: &Pki, with_mirror_peer: bool) -> Outcome {
     );
     let mirror_only = poller_config(root, &[(MIRROR, "mirror", mirror.addr)]);
     let log = Arc::new(Log::open(both.log_config()).unwrap());
-    let main_cursor = cursor_name(&PeerId::new(MAIN).unwrap());
-    let mirror_cursor = cursor_name(&PeerId::new(MIRROR).unwrap());
+    let main_cursor = cursor_name(&peer(MAIN));
+    let mirror_cursor = cursor_name(&peer(MIRROR));
 
     // Run 1 (epoch 1): both receivers get base..n1.
     let base = log.durable_next_seq();
@@ -397,7 +253,7 @@ fn epoch_of(o: &Outcome, seq: u64) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_returning_primary_fetches_what_the_log_lost_from_the_mirror_exactly_once() {
-    let pki = Pki::new();
+    let pki = gap_pki();
     let o = scenario(&pki, true).await;
     let gap = o.oldest - o.n1;
     let m = &o.main.shared.metrics;
@@ -427,7 +283,7 @@ async fn a_returning_primary_fetches_what_the_log_lost_from_the_mirror_exactly_o
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gap_no_peer_holds_is_counted_and_reported_and_the_stream_goes_on() {
-    let pki = Pki::new();
+    let pki = gap_pki();
     let o = scenario(&pki, false).await;
     let gap = o.oldest - o.n1;
     let m = &o.main.shared.metrics;

@@ -511,107 +511,49 @@ async fn pump(
     }
 }
 
-/// Commits jobs and reports them strictly in ticket order (the bus receiver's `durable` needs
-/// that). Jobs are handed to the committers as they come, without waiting for the previous
-/// job's commit, so that the committer puts the poller's batches that arrive during one
-/// commit into the next transaction together (one fsync for many batches); a blocking waiter
-/// takes the answers in submission order, i.e. ticket order.
+/// Commits jobs strictly in ticket order (the bus receiver's `durable` needs that).
 async fn commit_worker(
     shared: Arc<Shared>,
     poller: PeerId,
     mut jobs: mpsc::Receiver<Job>,
     done: mpsc::UnboundedSender<Done>,
 ) {
-    let (wait_tx, wait_rx) = std::sync::mpsc::channel::<Submitted>();
-    let waiter = {
-        let (s, p) = (shared.clone(), poller.clone());
-        tokio::task::spawn_blocking(move || {
-            for sub in wait_rx {
-                if done.send(finish(&s, &p, sub)).is_err() {
-                    return;
-                }
-            }
-        })
-    };
     while let Some(job) = jobs.recv().await {
-        let (s, p) = (shared.clone(), poller.clone());
-        let (ticket, epoch, received) = (job.ticket, job.epoch, job.received);
-        // Blocking only on a scope's first use (opening its file) or a full committer queue.
-        let sub = tokio::task::spawn_blocking(move || submit(&s, &p, job))
+        let s = shared.clone();
+        let p = poller.clone();
+        let ticket = job.ticket;
+        let received = job.received;
+        let result = tokio::task::spawn_blocking(move || commit(&s, &p, job))
             .await
-            .unwrap_or_else(|e| Submitted {
+            .unwrap_or_else(|e| Err(format!("commit task: {e}")));
+        if done
+            .send(Done {
                 ticket,
-                epoch,
+                result,
                 received,
-                tickets: Err(format!("commit task: {e}")),
-                refused: BTreeMap::new(),
-            });
-        if wait_tx.send(sub).is_err() {
-            break;
+            })
+            .is_err()
+        {
+            return;
         }
     }
-    drop(wait_tx);
-    let _ = waiter.await;
 }
 
-/// A job whose scopes' batches are queued at their committers.
-struct Submitted {
-    ticket: u64,
-    epoch: u64,
-    received: Instant,
-    tickets: Result<Vec<opha_store::Ticket>, String>,
-    refused: BTreeMap<String, u64>,
-}
-
-/// Blocking: queues one transaction's worth per scope (each with its own dedupe ranges).
-fn submit(shared: &Shared, poller: &PeerId, job: Job) -> Submitted {
-    let mut tickets = Ok(Vec::new());
-    for (scope, records) in job.parts {
-        match shared.committer(scope) {
-            Ok(c) => {
-                if let Ok(t) = &mut tickets {
-                    t.push(c.submit(poller.clone(), job.epoch, records));
-                }
-            }
-            Err(e) => tickets = Err(e.to_string()),
-        }
-    }
-    Submitted {
-        ticket: job.ticket,
-        epoch: job.epoch,
-        received: job.received,
-        tickets,
-        refused: job.refused,
-    }
-}
-
-/// Blocking: waits for a job's commits, then publishes it live and reports refused records.
-fn finish(shared: &Shared, poller: &PeerId, sub: Submitted) -> Done {
-    let result = finish_commit(shared, poller, sub.epoch, sub.tickets, &sub.refused);
-    Done {
-        ticket: sub.ticket,
-        result,
-        received: sub.received,
-    }
-}
-
-fn finish_commit(
-    shared: &Shared,
-    poller: &PeerId,
-    epoch: u64,
-    tickets: Result<Vec<opha_store::Ticket>, String>,
-    refused: &BTreeMap<String, u64>,
-) -> Result<(u64, u64), String> {
+/// Blocking: one transaction per scope (each with its own dedupe ranges), then the report.
+fn commit(shared: &Shared, poller: &PeerId, job: Job) -> Result<(u64, u64), String> {
+    // Submit every scope first so their commits overlap, then wait for all.
+    let mut tickets = Vec::new();
     let mut live = super::live::Pending::new(shared.live.as_deref());
+    for (scope, records) in job.parts {
+        live.collect(&records);
+        let c = shared.committer(scope).map_err(|e| e.to_string())?;
+        tickets.push(c.submit(poller.clone(), job.epoch, records));
+    }
     let (mut stored, mut dups) = (0, 0);
     let mut failed = None;
-    // On a failed submit the tickets already handed out are dropped: their batches may still
-    // commit, and the poller's resend of the job is then deduplicated.
-    for t in tickets? {
-        let (result, records) = t.wait_with_records();
-        match result {
+    for t in tickets {
+        match t.wait() {
             Ok(o) => {
-                live.collect(&records);
                 stored += o.stored;
                 dups += o.duplicates;
             }
@@ -621,16 +563,20 @@ fn finish_commit(
     if let Some(e) = failed {
         return Err(e);
     }
-    live.publish(poller, epoch, dups == 0);
-    if !refused.is_empty() {
-        let details = refused
+    live.publish(poller, job.epoch, dups == 0);
+    if !job.refused.is_empty() {
+        let details = job
+            .refused
             .iter()
             .map(|(r, n)| format!("{n} record(s): {r}"))
             .collect::<Vec<_>>()
             .join("; ");
         shared.report_refused(
             poller,
-            format!("refused records of epoch {epoch} from {poller}: {details}"),
+            format!(
+                "refused records of epoch {} from {poller}: {details}",
+                job.epoch
+            ),
         );
     }
     Ok((stored, dups))

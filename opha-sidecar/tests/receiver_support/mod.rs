@@ -25,7 +25,21 @@ pub struct Pki {
 
 impl Pki {
     pub fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        Self::in_dir(tempfile::tempdir().unwrap())
+    }
+
+    /// In a directory under the target dir whose name starts with `prefix`, with the test's
+    /// logging on (the drivers log what they refuse: RUST_LOG=info shows it when a test fails).
+    pub fn named(prefix: &str) -> Self {
+        let _ = env_logger::builder().is_test(true).try_init();
+        let dir = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .unwrap();
+        Self::in_dir(dir)
+    }
+
+    fn in_dir(dir: tempfile::TempDir) -> Self {
         let root = dir.path().to_path_buf();
         let ca = ca::init_ca(&root.join("ca"), "test CA", 1, false).unwrap();
         Pki {
@@ -85,7 +99,13 @@ pub async fn start_receiver(pki: &Pki, registry: &str) -> RunningReceiver {
 }
 
 pub fn event(tenant: u32, n: u64) -> Vec<u8> {
-    let rec = Record::Event(Event {
+    encode_record(&event_record(tenant, n, "record")).unwrap()
+}
+
+/// Record `n`: a node-down event of `tenant` whose details are `"{label} {n}"` (so a test can
+/// check every stored payload).
+pub fn event_record(tenant: u32, n: u64, label: &str) -> Record {
+    Record::Event(Event {
         id: EventId::from_u128(u128::from(n) + 1),
         time_ms: 1_700_000_000_000 + n,
         tenant: TenantId(tenant),
@@ -96,9 +116,8 @@ pub fn event(tenant: u32, n: u64) -> Vec<u8> {
         )),
         kind: EventKind::NodeDown,
         severity: Severity::Major,
-        details: format!("record {n}"),
-    });
-    encode_record(&rec).unwrap()
+        details: format!("{label} {n}"),
+    })
 }
 
 pub fn client_endpoint(pki: &Pki, own: &TlsIdentity) -> (quinn::Endpoint, quinn::ClientConfig) {
