@@ -22,7 +22,9 @@
 //! - `wan_goodput_pct`, `catchup_s_1h_2000_nodes`: see [`crate::bus_wan`].
 //!
 //! Options: `--only=PART[,PART]` runs some parts (throughput, nats, latency, wire, failover,
-//! wan); `--wan-loss=SHARE` changes the WAN's loss (diagnosis only; noted in the report).
+//! wan); `--wan-cc=cubic,bbr`, `--wan-impair=one-way,both-ways` choose the WAN cases and
+//! `--wan-loss=SHARE` changes the WAN's loss (diagnosis only; noted in the report); see
+//! [`crate::bus_wan`].
 //! `OPHA_BENCH_TRACE=1` prints the WAN catch-up's progress every 500 ms. `OPHA_SIDECAR`
 //! names the `opha-sidecar` binary instead of `target/release/opha-sidecar`.
 
@@ -183,23 +185,12 @@ pub fn run(options: &[String]) -> Result<Value> {
     }
 
     if want("wan") {
-        let loss = options
-            .iter()
-            .find_map(|o| o.strip_prefix("--wan-loss="))
-            .map(str::parse::<f64>)
-            .transpose()
-            .map_err(|e| anyhow!("--wan-loss: {e}"))?
-            .unwrap_or(0.01);
-        if loss != 0.01 {
-            notes.push(format!(
-                "wan: loss {loss} instead of the issue's 1% (diagnostic run)"
-            ));
-        }
-        match bus_wan::run(root, &pki, loss) {
-            Ok(w) => {
+        match bus_wan::run(root, &pki, options) {
+            Ok((w, wan_notes)) => {
                 for (k, v) in w {
                     report.insert(k, v);
                 }
+                notes.extend(wan_notes);
             }
             Err(e) => {
                 println!("wan: not measured: {e:#}");

@@ -241,6 +241,20 @@ impl Primary {
         pollers: &[String],
         netns: Option<&Path>,
     ) -> Result<Self> {
+        Self::start_with(root, name, listen, metrics, pollers, netns, "")
+    }
+
+    /// [`Primary::start`] with `extra` appended to the config file (whole tables, e.g. a
+    /// `[transport]` section).
+    pub fn start_with(
+        root: &Path,
+        name: &str,
+        listen: SocketAddr,
+        metrics: Option<SocketAddr>,
+        pollers: &[String],
+        netns: Option<&Path>,
+        extra: &str,
+    ) -> Result<Self> {
         let mut text = format!(
             r#"peer_id = "{name}"
 role = "primary"
@@ -259,6 +273,7 @@ listen = "{metrics}"
         for p in pollers {
             text.push_str(&format!("[[poller]]\nid = \"{p}\"\ntenants = [{TENANT}]\n"));
         }
+        text.push_str(extra);
         let config = root.join(format!("{name}.toml"));
         fs::write(&config, text)?;
         let mut p = Self {

@@ -38,7 +38,7 @@ pub mod verify;
 
 pub use ca::{Ca, IssuedCert, PeerSpec, Validity};
 pub use identity::{PeerIdentity, Serial};
-pub use transport::{ALPN, SERVER_NAME, TransportSettings};
+pub use transport::{ALPN, Congestion, SERVER_NAME, TransportSettings};
 pub use verify::{
     DenyList, ExpectPeer, RefusalCounters, RefusalReason, StreamKind, TlsIdentity, Trust,
     peer_identity,

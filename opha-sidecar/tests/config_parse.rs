@@ -357,6 +357,27 @@ fn parse_errors_name_key_and_problem() {
 }
 
 #[test]
+fn bus_transport_settings_name_the_key() {
+    let with = |extra: &str| format!("{MINIMAL}\n{extra}\n");
+    let got = error_of(&with("[bus.transport]\ncongestion = \"reno\""));
+    assert!(
+        got.contains("bus.transport.congestion: unknown variant `reno`"),
+        "{got}"
+    );
+    let got = error_of(&with("[bus.transport]\nkeep_alive_ms = 0"));
+    assert!(got.contains("bus.transport.keep_alive_ms"), "{got}");
+    let got = error_of(&with("[bus.transport]\nrtt_ms = 0"));
+    assert!(got.contains("bus.transport.rtt_ms"), "{got}");
+    let cfg = load(&with("[bus.transport]\ncongestion = \"bbr\"\nrtt_ms = 200")).unwrap();
+    assert_eq!(cfg.bus.transport.congestion, opha_identity::Congestion::Bbr);
+    assert_eq!(cfg.bus.transport.rtt_ms, 200);
+    assert_eq!(
+        load(MINIMAL).unwrap().bus.transport.congestion,
+        opha_identity::Congestion::Cubic
+    );
+}
+
+#[test]
 fn toml_syntax_errors_carry_the_line() {
     let text = "poller_id = \"p1\"\ninterface = eth1\n";
     let got = error_of(text);

@@ -51,6 +51,8 @@ fn errors_name_the_key() {
     assert_eq!(problem_keys(&transport), ["transport.idle_timeout_ms"]);
     let bad_transport = format!("{GOOD}[transport]\nkeepalive = 1\n");
     assert_eq!(problem_keys(&bad_transport), ["transport.keepalive"]);
+    let congestion = format!("{GOOD}[transport]\ncongestion = \"reno\"\n");
+    assert_eq!(problem_keys(&congestion), ["transport.congestion"]);
     let tenant0 = GOOD.replace("tenants = [1]", "tenants = [1, 0]");
     assert_eq!(problem_keys(&tenant0), ["poller[0].tenants[1]"]);
     let twice = format!("{GOOD}[[poller]]\nid = \"poller-1\"\ntenants = [2]\n");
@@ -59,6 +61,26 @@ fn errors_name_the_key() {
     assert_eq!(problem_keys(&serial), ["deny.serials[0]"]);
     let peer = GOOD.replace("id = \"poller-1\"", "id = \"Poller 1\"");
     assert_eq!(problem_keys(&peer), ["poller[0].id"]);
+}
+
+#[test]
+fn congestion_control_is_chosen_in_transport() {
+    use opha_identity::Congestion;
+    let c = ReceiverFileConfig::from_toml(GOOD, "t.toml", Path::new("/etc/opha")).unwrap();
+    assert_eq!(c.transport.congestion, Congestion::Cubic);
+    for (name, want) in [
+        ("cubic", Congestion::Cubic),
+        ("bbr", Congestion::Bbr),
+        ("newreno", Congestion::NewReno),
+    ] {
+        let text = format!("{GOOD}[transport]\ncongestion = \"{name}\"\n");
+        let c = ReceiverFileConfig::from_toml(&text, "t.toml", Path::new("/etc/opha")).unwrap();
+        assert_eq!(c.transport.congestion, want);
+        // The effective config keeps it.
+        let again =
+            ReceiverFileConfig::from_toml(&c.to_toml().unwrap(), "t", Path::new("/")).unwrap();
+        assert_eq!(again.transport.congestion, want);
+    }
 }
 
 #[test]
