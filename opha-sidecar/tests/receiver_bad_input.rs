@@ -77,12 +77,11 @@ impl RawSession {
         assert!(matches!(ack, BusMessage::HelloAck(_)), "{ack:?}");
     }
 
-    /// A refusal that closes the connection: the refusal message races the close that
-    /// follows it, so either may arrive first; the close must say `why`.
+    /// A refusal that closes the connection: the refusal arrives first (the receiver waits
+    /// for it to be acknowledged before closing), then the close, which must say `why`.
     async fn expect_refused_then_closed(&mut self, reason: RefuseReason, why: &str) {
         match self.next().await {
             Some(BusMessage::Refuse(r)) => assert_eq!(r.reason, reason, "{r:?}"),
-            None => {}
             other => panic!("expected a refusal {reason:?}, got {other:?}"),
         }
         let closed = tokio::time::timeout(Duration::from_secs(5), self.conn.closed())

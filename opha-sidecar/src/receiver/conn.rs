@@ -154,8 +154,7 @@ async fn session(
                 detail,
             });
             let _ = write_message(&mut send, &frame, &refuse).await;
-            let _ = send.finish();
-            conn.close(CLOSE_REFUSED, b"no handshake");
+            close_after_refusal(&mut send, conn, b"no handshake").await;
             return Ok(());
         }
     };
@@ -260,7 +259,7 @@ async fn session(
                         detail: e.to_string(),
                     });
                     let _ = write_message(ctx.send, &frame, &refuse).await;
-                    conn.close(CLOSE_REFUSED, b"malformed stream");
+                    close_after_refusal(ctx.send, conn, b"malformed stream").await;
                     break Ok(());
                 }
                 None => break Ok(()),
@@ -404,8 +403,7 @@ impl Ctx<'_> {
                         .map_err(|_| anyhow::anyhow!("commit worker stopped"))?;
                 }
                 ReceiverOutput::Close => {
-                    let _ = self.send.finish();
-                    self.conn.close(CLOSE_REFUSED, b"handshake refused");
+                    close_after_refusal(self.send, self.conn, b"handshake refused").await;
                 }
             }
         }
@@ -467,6 +465,19 @@ impl Ctx<'_> {
             received: self.received_at,
         }
     }
+}
+
+/// How long a refusal may take to reach the peer before the connection closes anyway.
+const REFUSAL_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Finishes the control stream and closes the connection once the peer has acknowledged the
+/// refusal written on it (at most [`REFUSAL_GRACE`]): closing at once discards unsent stream
+/// data, and the poller would see the close without the reason.
+async fn close_after_refusal(send: &mut quinn::SendStream, conn: &quinn::Connection, why: &[u8]) {
+    if send.finish().is_ok() {
+        let _ = tokio::time::timeout(REFUSAL_GRACE, send.stopped()).await;
+    }
+    conn.close(CLOSE_REFUSED, why);
 }
 
 /// The mirror's promotion hook when `peer` is its paired poller (docs/mirror.md).
