@@ -33,6 +33,13 @@ impl ReceiverRole {
             ReceiverRole::Mirror => PeerRole::Mirror,
         }
     }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ReceiverRole::Primary => "primary",
+            ReceiverRole::Mirror => "mirror",
+        }
+    }
 }
 
 /// `[[receiver]]`: one primary or mirror this poller streams every record to.

@@ -61,7 +61,7 @@ use std::{
     time::Duration,
 };
 
-use opha_common::wire::{PeerId, PeerRole, TenantId};
+use opha_common::wire::{PeerId, TenantId};
 use opha_identity::{DenyList, Serial, TransportSettings};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -77,29 +77,8 @@ pub const DEFAULT_RECEIVER_METRICS: SocketAddr =
 /// put a TLS-terminating proxy in front to serve it further).
 pub const DEFAULT_API_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080);
 
-/// The role a receiver runs in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ReceiverRole {
-    Primary,
-    Mirror,
-}
-
-impl ReceiverRole {
-    pub fn peer_role(self) -> PeerRole {
-        match self {
-            ReceiverRole::Primary => PeerRole::Primary,
-            ReceiverRole::Mirror => PeerRole::Mirror,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            ReceiverRole::Primary => "primary",
-            ReceiverRole::Mirror => "mirror",
-        }
-    }
-}
+/// The role a receiver runs in (the same type a poller's `[[receiver]]` names).
+pub use super::bus::ReceiverRole;
 
 /// The whole file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
